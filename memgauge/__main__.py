@@ -1,0 +1,3 @@
+from memgauge.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""A cell: one measured point, model x mode x techniques x batch x seq_len x dtype x device.
+
+Its key is a stable hash of those fields plus the workload code version, so results from a changed
+workload are never compared with old ones.  No torch here: the CLI validates cells before any
+worker starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+MODES = ("train", "prefill", "decode")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(kw_only=True)
+class Cell:
+    model: str
+    """zoo name, inline spec or checkpoint folder (canonicalised by `validate`)"""
+    mode: str
+    techniques: list[str] = field(default_factory=list)
+    """canonical technique specs, sorted; empty = baseline"""
+    batch: int = 1
+    seq_len: int = 128
+    dtype: str = "float32"
+    device: str = "cpu"
+    steps: int = 5
+    """timed steps after warm-up"""
+    warmup: int = 2
+    decode_tokens: int = 16
+    """new tokens per decode step"""
+    quality_steps: int = 4
+    """training steps on the text corpus before the quality loss"""
+    seed: int = 0
+    timeout_s: float = 600.0
+    mem_limit: int | None = None
+    """address-space limit in bytes for the worker (CPU OOM runs); None = no limit"""
+    breakdown: bool = True
+    """run the (slow) breakdown pass"""
+
+    def key_fields(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "mode": self.mode, "techniques": sorted(self.techniques),
+            "batch": self.batch, "seq_len": self.seq_len, "dtype": self.dtype,
+            "device": self.device, "steps": self.steps, "decode_tokens": self.decode_tokens,
+            "quality_steps": self.quality_steps, "seed": self.seed,
+        }
+
+    @property
+    def key(self) -> str:
+        payload = dict(self.key_fields(), workload=workload_version())
+        raw = json.dumps(payload, sort_keys=True).encode()
+        return hashlib.sha256(raw).hexdigest()[:16]
+
+    @property
+    def baseline_key(self) -> str:
+        """Key of this cell's baseline (the same cell with no techniques)."""
+        return Cell(**{**asdict(self), "techniques": []}).key
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Cell:
+        return cls(**d)
+
+    def label(self) -> str:
+        tech = "+".join(self.techniques) or "baseline"
+        return f"{self.model} {self.mode} [{tech}] b={self.batch} s={self.seq_len} {self.dtype} {self.device}"
+
+
+@lru_cache(maxsize=1)
+def workload_version() -> str:
+    """Hash of the code that defines what a cell measures (workloads, techniques, profilers,
+    kernels).  Editing any of it changes every cell key."""
+    root = Path(__file__).parent
+    h = hashlib.sha256()
+    for sub in ("workloads", "techniques", "profilers", "kernels"):
+        for p in sorted((root / sub).rglob("*.py")):
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def check_number(name: str, value: Any, *, minimum: float = 1, integer: bool = True) -> str | None:
+    """An error message for a bad numeric field, or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{name} must be a number, got {value!r}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{name} must be finite, got {value!r}"
+    if integer and int(value) != value:
+        return f"{name} must be an integer, got {value!r}"
+    if value < minimum:
+        return f"{name} must be >= {minimum}, got {value!r}"
+    return None

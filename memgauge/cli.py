@@ -1,0 +1,314 @@
+"""memgauge's command line: parsing and calling, nothing more (see docs/DESIGN.md for the
+contract).  Exit codes: 0 ok; 1 a confirmed regression (nightly) or a failed cell (run);
+2 bad input; 130/143 interrupted by SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from memgauge.spec import SpecError
+
+log = logging.getLogger("memgauge")
+
+
+def _die(msg: str, code: int = 2) -> int:
+    sys.stderr.write(f"memgauge: error: {msg}\n")
+    return code
+
+
+def _store(args: argparse.Namespace, create: bool = True) -> Any:
+    from memgauge.results.store import Store
+
+    return Store.open(args.store, create=create)
+
+
+def _cell_from_args(args: argparse.Namespace) -> Any:
+    from memgauge.cell import Cell
+    from memgauge.suite import SuiteError, resolve_device, validate_cell
+
+    device = resolve_device(args.device)
+    cell = Cell(model=args.model, mode=args.mode, techniques=list(args.technique or []),
+                batch=args.batch, seq_len=args.seq, dtype=args.dtype, device=device,
+                steps=args.steps, warmup=args.warmup, decode_tokens=args.decode_tokens,
+                quality_steps=args.quality_steps, seed=args.seed, timeout_s=args.timeout,
+                mem_limit=_bytes_or_none(getattr(args, "mem_limit", None)),
+                breakdown=not getattr(args, "no_breakdown", False))
+    problems: list[str] = []
+    ok = validate_cell(cell, problems, "cell")
+    if ok is None:
+        raise SuiteError(problems)
+    return ok
+
+
+def _bytes_or_none(v: str | None) -> int | None:
+    if v is None:
+        return None
+    from memgauge.units import parse_bytes
+
+    return parse_bytes(v)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from memgauge.sweep import fill_loss_delta
+    from memgauge.units import fmt_bytes
+    from memgauge.workloads.isolate import run_isolated
+
+    cell = _cell_from_args(args)
+    store = None if args.no_store else _store(args)
+    result = run_isolated(cell.to_dict())
+    fill_loss_delta(result, cell, store, {})
+    if store is not None:
+        from memgauge.sweep import run_sweep
+
+        # stored as a one-cell run (the result is reused, not re-measured)
+        run_sweep([cell], store=store, suite="run", kind="run", runner=lambda _c: result,
+                  progress=False)
+    out = {k: result.get(k) for k in ("schema_version", "cell", "status", "error", "params",
+                                      "memory", "timing", "quality", "prediction", "env")}
+    if args.json:
+        sys.stdout.write(json.dumps(out, default=str) + "\n")
+    else:
+        m, t = out["memory"] or {}, out["timing"] or {}
+        print(f"{cell.label()}: {result['status']}" + (f" ({result['error']})" if result.get("error") else ""))
+        if result["status"] == "ok":
+            print(f"  peak allocated  {fmt_bytes(m.get('peak_allocated'))}   host peak {fmt_bytes(m.get('host_peak'))}")
+            if m.get("breakdown"):
+                print("  at the peak     " + ", ".join(f"{k} {fmt_bytes(v)}" for k, v in m["breakdown"].items() if v))
+            print(f"  step p50        {t.get('step_ms_p50') or 0:.2f} ms   {t.get('tokens_per_s') or 0:.0f} tokens/s")
+            p = out["prediction"] or {}
+            print(f"  analytic peak   {fmt_bytes(p.get('analytic_peak'))}")
+    return 0 if result["status"] in ("ok", "unsupported") else 1
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from memgauge.suite import (
+        MAX_CELLS_WITHOUT_YES,
+        expand_suite,
+        load_suite,
+        order_cells,
+        shard_cells,
+    )
+    from memgauge.sweep import Cancelled, format_summary, run_sweep
+
+    name, data = load_suite(args.suite)
+    cells = order_cells(shard_cells(expand_suite(data), args.shard))
+    if len(cells) > MAX_CELLS_WITHOUT_YES and not args.yes:
+        return _die(f"suite {name} has {len(cells)} cells (more than {MAX_CELLS_WITHOUT_YES}); "
+                    f"pass --yes to run them all")
+    store = _store(args)
+    sys.stderr.write(f"suite {name}: {len(cells)} cells -> store {store.safe_url}\n")
+    try:
+        outcome = run_sweep(cells, store=store, suite=name, resume=args.resume,
+                            config={"suite": name, "shard": args.shard},
+                            progress=not args.quiet)
+    except Cancelled as exc:
+        sys.stderr.write(f"sweep cancelled by {exc}; completed cells are stored\n")
+        return 130 if exc.signum == 2 else 143
+    print(format_summary(outcome.results))
+    print(f"run {outcome.run_id}: {len(outcome.results)} cells run"
+          + (f", {outcome.skipped_done} already done" if outcome.skipped_done else "")
+          + f"; store {store.safe_url}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "models":
+        from memgauge.workloads.zoo import ZOO, resolve_model
+
+        rows = []
+        for name, e in ZOO.items():
+            spec = resolve_model(name)
+            rows.append({"name": name, "about": e.about, "params": spec.param_count(),
+                         "cpu_ok": e.cpu_ok, **spec.to_dict()})
+        if args.json:
+            print(json.dumps(rows))
+        else:
+            for r in rows:
+                print(f"{r['name']:<16} {r['params']:>14,} params  {r['about']}")
+            print("also: a local checkpoint folder, or inline llama:layers=4,hidden=256,heads=8,"
+                  "kv_heads=2,ffn=688,vocab=32000 (gpt2:... likewise)")
+    elif args.what == "techniques":
+        from memgauge.techniques import describe
+
+        rows = describe()
+        if args.json:
+            print(json.dumps(rows, default=str))
+        else:
+            for r in rows:
+                opts = ", ".join(f"{o['name']}={o['default']}" for o in r["options"]) or "-"
+                print(f"{r['name']:<16} saves {'/'.join(r['saves']):<40} modes {'/'.join(r['modes']):<22}"
+                      f" devices {'/'.join(r['devices']):<9} options {opts}")
+                print(f"{'':<16} {r['summary']}" + (f"; needs {', '.join(r['requires'])}" if r["requires"] else ""))
+    else:
+        from memgauge.suite import builtin_suites, expand_suite, load_suite
+
+        rows = []
+        for name, path in builtin_suites().items():
+            _, data = load_suite(str(path))
+            try:
+                n = len(expand_suite(data))
+            except Exception as exc:  # noqa: BLE001
+                n = f"invalid: {exc}"
+            rows.append({"name": name, "cells": n, "description": data.get("description", ""),
+                         "path": str(path)})
+        if args.json:
+            print(json.dumps(rows))
+        else:
+            for r in rows:
+                print(f"{r['name']:<10} {r['cells']} cells  {r['description']}")
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    from memgauge.results.provenance import collect_env
+
+    torch_loaded = False
+    try:
+        import torch  # noqa: F401
+
+        torch_loaded = True
+    except ImportError:
+        pass
+    dev = "cuda" if torch_loaded and sys.modules["torch"].cuda.is_available() else "cpu"
+    env = collect_env(torch_loaded=torch_loaded, device=dev)
+    if args.json:
+        print(json.dumps(env, default=str))
+    else:
+        for k, v in env.items():
+            if k == "packages":
+                for p, ver in v.items():
+                    print(f"  {p:<14} {ver or '-'}")
+            else:
+                print(f"{k:<20} {v}")
+    return 0
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from memgauge.estimate.analytic import estimate_cell
+    from memgauge.techniques import parse_techniques
+    from memgauge.units import fmt_bytes, parse_bytes
+    from memgauge.workloads.zoo import resolve_model
+
+    cell = _cell_from_args(args)
+    spec = resolve_model(cell.model)
+    an = estimate_cell(cell, spec, parse_techniques(cell.techniques))
+    budget = parse_bytes(args.device_memory) if args.device_memory else None
+    out = {"analytic": {**an["breakdown"], "peak": an["peak"]}, "traced": None,
+           "params": an["params"], "fits": None if budget is None else an["peak"] <= budget,
+           "notes": an["notes"]}
+    if budget is not None:
+        out["device_memory"] = budget
+        out["headroom"] = budget - an["peak"]
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{cell.label()}")
+        for k, v in an["breakdown"].items():
+            print(f"  {k:<16} {fmt_bytes(v):>12}")
+        print(f"  {'peak':<16} {fmt_bytes(an['peak']):>12}")
+        if budget is not None:
+            print(f"  {'fits' if out['fits'] else 'does NOT fit'} in {fmt_bytes(budget)} "
+                  f"(headroom {fmt_bytes(out['headroom'])})")
+    return 0
+
+
+def _add_cell_args(p: argparse.ArgumentParser, *, run: bool) -> None:
+    p.add_argument("--model", required=True, help="zoo name, checkpoint folder or inline spec")
+    p.add_argument("--mode", required=True, choices=("train", "prefill", "decode"))
+    p.add_argument("--technique", "-t", action="append", metavar="T",
+                   help="technique spec, repeat to combine (e.g. lora:r=8)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--seq", type=int, default=128, help="sequence length (prompt length for decode)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--decode-tokens", type=int, default=16, help="new tokens per decode step")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    p.add_argument("--steps", type=int, default=5, help="timed steps after warm-up")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--quality-steps", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds before the cell is killed")
+    if run:
+        p.add_argument("--mem-limit", help="address-space limit for the worker, e.g. 4GiB (CPU OOM runs)")
+        p.add_argument("--no-breakdown", action="store_true", help="skip the slow breakdown pass")
+        p.add_argument("--no-store", action="store_true", help="do not store the result")
+    else:
+        p.add_argument("--device-memory", help="device memory to fit in: 24GiB, 80GB or a GPU name")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="memgauge", description=__doc__.split("\n")[0])
+    ap.add_argument("--store", help="store URL or SQLite path (default: $MEMGAUGE_STORE, "
+                                    "else ~/.local/share/memgauge/results.sqlite)")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("run", help="measure one cell")
+    _add_cell_args(p, run=True)
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("estimate", help="predict a cell's memory without running it")
+    _add_cell_args(p, run=False)
+    p.set_defaults(fn=cmd_estimate)
+
+    p = sub.add_parser("sweep", help="run a suite")
+    p.add_argument("--suite", required=True, help="quick, standard, nightly or PATH.toml")
+    p.add_argument("--resume", metavar="RUN", help="finish run RUN: only missing or failed cells")
+    p.add_argument("--shard", metavar="i/n", help="run a deterministic 1/n of the cells")
+    p.add_argument("--yes", action="store_true", help="allow very large sweeps")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(fn=cmd_sweep)
+
+    p = sub.add_parser("list", help="list models, techniques or suites")
+    p.add_argument("what", choices=("models", "techniques", "suites"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_list)
+
+    p = sub.add_parser("env", help="show this machine's provenance")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_env)
+
+    # Commands with their own module (each defines `register(subparsers)`).
+    import importlib
+
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(f"memgauge.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"memgauge.commands.{name}":
+                raise
+            continue
+        mod.register(sub)
+    return ap
+
+
+COMMAND_MODULES = ("capacity", "nightly", "report", "dashboard")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    from memgauge.results.store import StoreError
+    from memgauge.suite import SuiteError
+
+    try:
+        return args.fn(args)
+    except SuiteError as exc:
+        return _die("the input has problems (nothing was run):\n" + str(exc))
+    except (SpecError, ValueError) as exc:
+        return _die(str(exc))
+    except StoreError as exc:
+        return _die(str(exc))
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

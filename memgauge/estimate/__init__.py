@@ -1,0 +1,1 @@
+"""Prediction without running: analytic formulas and fake-tensor tracing."""

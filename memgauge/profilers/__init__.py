@@ -1,0 +1,1 @@
+"""Profilers: each a small class with start()/stop() returning named byte counts (or times)."""

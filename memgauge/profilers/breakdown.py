@@ -1,0 +1,216 @@
+"""Where the bytes went at the peak: a storage-level tracker by category.
+
+A TorchDispatchMode sees every tensor an op creates (forward, backward and optimizer, including
+autograd's own buffers); each new storage is recorded with its size and a category.  Storages
+alive before the step are classified from the model and optimizer (parameters, buffers,
+gradients, optimizer state, other).  During the step:
+- tensors autograd saves for backward (saved_tensors_hooks) are `activations`;
+- storages that end up as `.grad` are `gradients`, in optimizer state `optimizer_state`, in the
+  KV cache `kv_cache` (relabelled when the step is over: a label says what the bytes *are*);
+- the rest is `temporaries`.
+Frees are seen through weak references to the storages.  The peak is the highest running total;
+the live set at the peak is rebuilt from allocation/free sequence numbers, so each event is O(1).
+
+Unlike torch's MemTracker it does not rely on module hooks over trainable parameters, so it works
+when parameters are frozen (LoRA, QLoRA).  It also runs under FakeTensorMode, which is how the
+traced estimator reuses it.  Slow (Python per op): never in the timing pass.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from memgauge.profilers.live import live_tensors, tensor_storages
+
+CATEGORIES = ("parameters", "buffers", "gradients", "optimizer_state", "activations",
+              "temporaries", "kv_cache", "other")
+
+
+@dataclass
+class _Rec:
+    nbytes: int
+    category: str
+    alloc_seq: int
+    free_seq: int | None = None
+
+
+class BreakdownTracker(TorchDispatchMode):
+    """Use as a context manager around one step; call `classify_*` before and after."""
+
+    def __init__(self, device_type: str = "cpu"):
+        super().__init__()
+        self.device_type = device_type
+        self._recs: dict[int, _Rec] = {}
+        self._dead: list[_Rec] = []
+        self._seq = 0
+        self.total = 0
+        self.peak = 0
+        self.peak_seq = 0
+        self._hooks: Any = None
+
+    # -- storage bookkeeping ----------------------------------------------------------------------
+    def _track_storage(self, st: torch.UntypedStorage, key: int, category: str) -> None:
+        if key in self._recs:
+            return
+        n = st.nbytes()
+        self._seq += 1
+        rec = _Rec(n, category, self._seq)
+        self._recs[key] = rec
+        self.total += n
+        if self.total > self.peak:
+            self.peak, self.peak_seq = self.total, self._seq
+        try:
+            weakref.finalize(st, self._on_free, key)
+        except TypeError:  # storage types without weakref support: never freed as far as we know
+            pass
+
+    def _on_free(self, key: int) -> None:
+        rec = self._recs.pop(key, None)
+        if rec is None:
+            return
+        self._seq += 1
+        rec.free_seq = self._seq
+        self.total -= rec.nbytes
+        self._dead.append(rec)
+
+    def _track_tensor(self, t: torch.Tensor, category: str) -> None:
+        if t.device.type != self.device_type:
+            return
+        try:
+            st = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):
+            return
+        self._track_storage(st, st._cdata, category)
+
+    def label(self, tensors: Iterable[torch.Tensor], category: str) -> None:
+        """Say what existing storages are (parameters, gradients, optimizer state, KV cache)."""
+        for t in tensors:
+            if not isinstance(t, torch.Tensor):
+                continue
+            for key, _ in tensor_storages(t):
+                rec = self._recs.get(key)
+                if rec is not None:
+                    rec.category = category
+
+    # -- before / after the step --------------------------------------------------------------------
+    def register_existing(self, model: torch.nn.Module, optimizer: Any = None,
+                          extra: dict[str, Iterable[torch.Tensor]] | None = None) -> None:
+        """Record every live storage with its category before the step starts."""
+        known: list[tuple[str, list[torch.Tensor]]] = [
+            ("parameters", list(model.parameters())),
+            ("buffers", list(model.buffers())),
+            ("gradients", [p.grad for p in model.parameters() if p.grad is not None]),
+            ("optimizer_state", list(optimizer_state_tensors(optimizer))),
+        ]
+        for cat, ts in (extra or {}).items():
+            known.append((cat, list(ts)))
+        for cat, ts in known:
+            for t in ts:
+                self._register_deep(t, cat)
+        for t in live_tensors():  # whatever else is alive: inputs, caches of other libraries
+            self._register_deep(t, "other")
+
+    def _register_deep(self, t: torch.Tensor, category: str) -> None:
+        if t.device.type != self.device_type:
+            return
+        inner = getattr(type(t), "__tensor_flatten__", None)
+        if inner is not None:
+            try:
+                names, _ = t.__tensor_flatten__()
+                for n in names:
+                    x = getattr(t, n)
+                    if isinstance(x, torch.Tensor):
+                        self._register_deep(x, category)
+                return
+            except Exception:  # noqa: BLE001
+                pass
+        if isinstance(t, torch.nn.Parameter) and type(t.data) is not torch.Tensor:
+            self._register_deep(t.data, category)
+            return
+        self._track_tensor(t, category)
+
+    def relabel_after(self, model: torch.nn.Module, optimizer: Any = None,
+                      kv_cache: Iterable[torch.Tensor] = ()) -> None:
+        self.label([p.grad for p in model.parameters() if p.grad is not None], "gradients")
+        self.label(optimizer_state_tensors(optimizer), "optimizer_state")
+        self.label(kv_cache, "kv_cache")
+
+    # -- dispatch ---------------------------------------------------------------------------------
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        flat, _ = tree_flatten(out)
+        for t in flat:
+            if isinstance(t, torch.Tensor):
+                self._track_tensor(t, "temporaries")
+        return out
+
+    def __enter__(self) -> BreakdownTracker:
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            if t.device.type == self.device_type and not isinstance(t, torch.nn.Parameter):
+                key = t.untyped_storage()._cdata
+                rec = self._recs.get(key)
+                if rec is not None and rec.category == "temporaries":
+                    rec.category = "activations"
+            return t
+
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+        self._hooks.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__(*exc)
+        self._hooks.__exit__(*exc)
+
+    # -- results ----------------------------------------------------------------------------------
+    def at_peak(self) -> dict[str, int]:
+        out = dict.fromkeys(CATEGORIES, 0)
+        for rec in list(self._recs.values()) + self._dead:
+            if rec.alloc_seq <= self.peak_seq and (rec.free_seq is None or rec.free_seq > self.peak_seq):
+                out[rec.category] += rec.nbytes
+        return out
+
+
+def optimizer_state_tensors(optimizer: Any) -> Iterable[torch.Tensor]:
+    if optimizer is None:
+        return []
+    out: list[torch.Tensor] = []
+    opts = optimizer if isinstance(optimizer, (list, tuple)) else [optimizer]
+    for opt in opts:
+        for state in opt.state.values():
+            flat, _ = tree_flatten(state)
+            out.extend(t for t in flat if isinstance(t, torch.Tensor))
+    return out
+
+
+def cache_tensors(cache: Any) -> list[torch.Tensor]:
+    """Every tensor held by a transformers Cache object (layers' keys, values, quantized data)."""
+    if cache is None:
+        return []
+    out: list[torch.Tensor] = []
+    seen: set[int] = set()
+
+    def walk(obj: Any, depth: int) -> None:
+        if depth > 4 or id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            out.append(obj)
+        elif isinstance(obj, (list, tuple)):
+            for x in obj:
+                walk(x, depth + 1)
+        elif isinstance(obj, dict):
+            for x in obj.values():
+                walk(x, depth + 1)
+        elif hasattr(obj, "__dict__") and not isinstance(obj, (torch.nn.Module, type)):
+            for x in vars(obj).values():
+                walk(x, depth + 1)
+
+    walk(cache, 0)
+    return out

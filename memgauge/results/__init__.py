@@ -1,0 +1,1 @@
+"""Results: the schema, the store, comparisons, regressions and reports.  Never imports torch."""

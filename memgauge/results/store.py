@@ -1,0 +1,366 @@
+"""The results store: SQLite by default (one file, WAL, busy_timeout 30 s), any SQLAlchemy URL
+(PostgreSQL) for a team.  One transaction per cell; UNIQUE (run_id, cell_key); a schema version
+with forward migrations that back the file up first.  Never imports torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from memgauge.results import schema as S
+
+ENV_VAR = "MEMGAUGE_STORE"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "sshfs", "9p", "afs",
+              "glusterfs", "fuse.glusterfs", "ceph", "fuse.s3fs", "lustre", "gpfs", "beegfs"}
+
+
+class StoreError(RuntimeError):
+    """A store problem a user must fix; the message says what to do."""
+
+
+def default_path() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "memgauge" / "results.sqlite"
+
+
+def resolve_url(store: str | None) -> str:
+    """--store, else $MEMGAUGE_STORE, else the default SQLite file.  Plain paths mean SQLite."""
+    s = store or os.environ.get(ENV_VAR) or str(default_path())
+    if "://" in s:
+        return s
+    return "sqlite:///" + str(Path(s).expanduser().resolve())
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced (F18): safe for logs, errors, the UI and reports."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001
+        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+def _fs_type(path: Path) -> str | None:
+    """Filesystem type of the mount holding `path` (from /proc/mounts; longest prefix wins)."""
+    try:
+        target = str(path.resolve())
+        best, kind = "", None
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                mnt = parts[1].replace("\\040", " ")
+                if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
+                    best, kind = mnt, parts[2]
+        return kind
+    except OSError:
+        return None
+
+
+def check_sqlite_file(path: Path) -> None:
+    """Refuse files that are not SQLite databases, and SQLite on network filesystems (F8, F9)."""
+    folder = path.parent if not path.exists() else path
+    fs = os.environ.get("MEMGAUGE_FSTYPE_OVERRIDE") or _fs_type(folder if folder.exists() else path.parent)
+    if fs in NETWORK_FS:
+        raise StoreError(
+            f"the SQLite store {path} is on a network filesystem ({fs}); SQLite's locking is not "
+            f"safe there and the file can be corrupted. Use a local path, or a database server: "
+            f"--store postgresql://USER@HOST/DB")
+    if path.exists():
+        if path.is_dir():
+            raise StoreError(f"the store path {path} is a folder; give a file path")
+        size = path.stat().st_size
+        if size == 0:
+            return
+        with open(path, "rb") as f:
+            head = f.read(16)
+        if head != SQLITE_MAGIC:
+            raise StoreError(f"{path} is not a memgauge store (not an SQLite database); "
+                             f"the file was left untouched. Point --store at another file.")
+        try:  # a truncated file passes the magic check; ask SQLite without writing
+            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+            try:
+                con.execute("PRAGMA schema_version").fetchone()
+                con.execute("SELECT name FROM sqlite_master").fetchall()
+            finally:
+                con.close()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path} is damaged or truncated ({exc}); the file was left "
+                             f"untouched. Restore a backup or point --store at another file.") from None
+
+
+class Store:
+    """Open (and create or migrate) a store.  Use `Store.open(url)`."""
+
+    def __init__(self, url: str, engine: Engine, read_engine: Engine | None = None):
+        self.url = url
+        self.engine = engine  # writes (SQLite: BEGIN IMMEDIATE, so writers queue, never deadlock)
+        self.read_engine = read_engine or engine  # reads (SQLite: deferred, never blocks writers)
+        self.is_sqlite = url.startswith("sqlite")
+
+    @property
+    def safe_url(self) -> str:
+        return redact(self.url)
+
+    # -- opening ----------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, store: str | None = None, *, create: bool = True) -> Store:
+        url = resolve_url(store)
+        if url.startswith("sqlite"):
+            path = Path(sa.engine.make_url(url).database or "")
+            check_sqlite_file(path)
+            if not path.exists() and not create:
+                raise StoreError(f"no store at {path}; run `memgauge sweep --suite quick` first "
+                                 f"or pass --store")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            engine = _sqlite_engine(url, immediate=True)
+            read_engine = _sqlite_engine(url, immediate=False)
+        else:
+            try:
+                engine = read_engine = sa.create_engine(url, pool_pre_ping=True)
+            except Exception as exc:  # noqa: BLE001
+                raise StoreError(f"cannot use store {redact(url)}: {type(exc).__name__}: "
+                                 f"{_scrub(str(exc), url)}") from None
+        st = cls(url, engine, read_engine)
+        try:
+            st._init_schema()
+        except StoreError:
+            raise
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"cannot open store {st.safe_url}: {_scrub(str(exc), url)}") from None
+        return st
+
+    def _init_schema(self) -> None:
+        insp = sa.inspect(self.engine)
+        tables = set(insp.get_table_names())
+        if "meta" not in tables:
+            if tables and "results" not in tables:
+                raise StoreError(f"{self.safe_url} holds other tables ({', '.join(sorted(tables))}); "
+                                 f"it is not a memgauge store. Point --store elsewhere.")
+            if "results" in tables:  # a store from before the schema recorded its version
+                self.migrate(0)
+                return
+            with self.engine.begin() as con:
+                S.metadata.create_all(con)
+                con.execute(S.meta.insert().values(key="schema_version", value=str(S.SCHEMA_VERSION)))
+            return
+        with self.engine.connect() as con:
+            row = con.execute(sa.select(S.meta.c.value).where(S.meta.c.key == "schema_version")).first()
+        version = int(row[0]) if row else 0
+        if version > S.SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.safe_url} has schema version {version}, newer than this memgauge "
+                f"({S.SCHEMA_VERSION}); upgrade memgauge. The store was left untouched.")
+        if version < S.SCHEMA_VERSION:
+            self.migrate(version)
+
+    def migrate(self, from_version: int) -> None:
+        """Forward migrations; SQLite files are copied to a backup first."""
+        from memgauge.results.migrations import MIGRATIONS
+
+        if self.is_sqlite:
+            path = Path(sa.engine.make_url(self.url).database)
+            backup = path.with_name(f"{path.name}.v{from_version}.{int(time.time())}.bak")
+            with self.engine.connect() as con:  # consistent copy even in WAL mode
+                con.exec_driver_sql(f"VACUUM INTO '{backup}'")
+        for v in range(from_version, S.SCHEMA_VERSION):
+            if v not in MIGRATIONS:
+                raise StoreError(f"no migration from schema version {v}")
+            with self.engine.begin() as con:
+                MIGRATIONS[v](con)
+                con.execute(S.meta.delete().where(S.meta.c.key == "schema_version"))
+                con.execute(S.meta.insert().values(key="schema_version", value=str(v + 1)))
+
+    def schema_version(self) -> int:
+        with self.read_engine.connect() as con:
+            return int(con.execute(sa.select(S.meta.c.value)
+                                   .where(S.meta.c.key == "schema_version")).scalar_one())
+
+    # -- runs -------------------------------------------------------------------------------------
+    def create_run(self, *, suite: str | None, kind: str, env: dict[str, Any],
+                   config: dict[str, Any], cells_planned: int, run_id: str | None = None) -> str:
+        from memgauge.results.provenance import env_hash
+
+        rid = run_id or time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        with self.engine.begin() as con:
+            con.execute(S.runs.insert().values(
+                id=rid, suite=suite, kind=kind, status="running", started_at=time.time(),
+                host=socket.gethostname(), pid=os.getpid(), cells_planned=cells_planned,
+                env_hash=env_hash(env), env_json=json.dumps(env, default=str),
+                config_json=json.dumps(config, default=str)))
+        return rid
+
+    def reopen_run(self, run_id: str) -> None:
+        with self.engine.begin() as con:
+            n = con.execute(S.runs.update().where(S.runs.c.id == run_id).values(
+                status="running", host=socket.gethostname(), pid=os.getpid(),
+                finished_at=None)).rowcount
+        if not n:
+            raise StoreError(f"no run {run_id!r} in {self.safe_url}")
+
+    def finish_run(self, run_id: str, status: str) -> None:
+        if status not in S.RUN_STATUSES:
+            raise ValueError(status)
+        with self.engine.begin() as con:
+            con.execute(S.runs.update().where(S.runs.c.id == run_id)
+                        .values(status=status, finished_at=time.time()))
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        with self.read_engine.connect() as con:
+            row = con.execute(sa.select(S.runs).where(S.runs.c.id == run_id)).mappings().first()
+        if row is None:
+            raise StoreError(f"no run {run_id!r} in {self.safe_url}")
+        return self._run_view(dict(row))
+
+    def runs(self, limit: int = 200) -> list[dict[str, Any]]:
+        with self.read_engine.connect() as con:
+            rows = con.execute(sa.select(S.runs).order_by(S.runs.c.started_at.desc())
+                               .limit(limit)).mappings().all()
+        return [self._run_view(dict(r)) for r in rows]
+
+    @staticmethod
+    def _run_view(row: dict[str, Any]) -> dict[str, Any]:
+        """A `running` run whose process is gone on this host is shown as `interrupted`."""
+        if row["status"] == "running" and row.get("host") == socket.gethostname() and row.get("pid"):
+            if not _pid_alive(int(row["pid"])):
+                row["status"] = "interrupted"
+        return row
+
+    # -- results ----------------------------------------------------------------------------------
+    def write_result(self, run_id: str, result: dict[str, Any], *, replace: bool = False) -> int:
+        """One cell's result row and its breakdown rows, all in one transaction (F6)."""
+        cell = result["cell"]
+        from memgauge.cell import Cell
+
+        c = Cell(model=cell["model"], mode=cell["mode"], techniques=list(cell["techniques"]),
+                 batch=cell["batch"], seq_len=cell["seq_len"], dtype=cell["dtype"],
+                 device=cell["device"], **result.get("cell_extra", {}))
+        env = result.get("env") or {}
+        from memgauge.results.provenance import env_hash
+
+        row = {
+            "run_id": run_id, "cell_key": cell["key"], "baseline_key": c.baseline_key,
+            "model": cell["model"], "mode": cell["mode"],
+            "techniques": S.technique_label(cell["techniques"]),
+            "n_techniques": len(cell["techniques"]), "batch": cell["batch"],
+            "seq_len": cell["seq_len"], "dtype": cell["dtype"], "device": cell["device"],
+            "status": result["status"], "error": result.get("error"),
+            **S.flatten(result),
+            "env_hash": env_hash(env) if env else None,
+            "workload_version": env.get("workload_version"),
+            "created_at": time.time(),
+            "result_json": json.dumps(result, default=str),
+        }
+        with self.engine.begin() as con:
+            if replace:
+                old = con.execute(sa.select(S.results.c.id).where(
+                    (S.results.c.run_id == run_id) & (S.results.c.cell_key == cell["key"]))).scalar()
+                if old is not None:
+                    con.execute(S.breakdown.delete().where(S.breakdown.c.result_id == old))
+                    con.execute(S.results.delete().where(S.results.c.id == old))
+            rid = con.execute(S.results.insert().values(**row)).inserted_primary_key[0]
+            rows = S.breakdown_rows(result)
+            if rows:
+                con.execute(S.breakdown.insert(), [dict(r, result_id=rid) for r in rows])
+        return int(rid)
+
+    def results(self, run_id: str | None = None, **where: Any) -> list[dict[str, Any]]:
+        q = sa.select(*[c for c in S.results.c if c.name != "result_json"])
+        if run_id:
+            q = q.where(S.results.c.run_id == run_id)
+        for k, v in where.items():
+            q = q.where(S.results.c[k] == v)
+        with self.read_engine.connect() as con:
+            return [dict(r) for r in con.execute(q.order_by(S.results.c.id)).mappings()]
+
+    def result_json(self, result_id: int) -> dict[str, Any]:
+        with self.read_engine.connect() as con:
+            raw = con.execute(sa.select(S.results.c.result_json)
+                              .where(S.results.c.id == result_id)).scalar_one()
+        return json.loads(raw)
+
+    def cell_statuses(self, run_id: str) -> dict[str, str]:
+        with self.read_engine.connect() as con:
+            rows = con.execute(sa.select(S.results.c.cell_key, S.results.c.status)
+                               .where(S.results.c.run_id == run_id)).all()
+        return {k: s for k, s in rows}
+
+    def latest_baseline(self, baseline_key: str) -> dict[str, Any] | None:
+        """The newest ok result with this cell key (baselines are deterministic per code version)."""
+        with self.read_engine.connect() as con:
+            row = con.execute(
+                sa.select(S.results.c.loss, S.results.c.peak_allocated, S.results.c.tokens_per_s)
+                .where((S.results.c.cell_key == baseline_key) & (S.results.c.status == "ok"))
+                .order_by(S.results.c.created_at.desc()).limit(1)).mappings().first()
+        return dict(row) if row else None
+
+    def integrity_ok(self) -> bool:
+        if not self.is_sqlite:
+            return True
+        with self.read_engine.connect() as con:
+            return con.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+
+    def close(self) -> None:
+        self.engine.dispose()
+        self.read_engine.dispose()
+
+    @contextmanager
+    def connect(self) -> Iterator[Any]:
+        with self.read_engine.connect() as con:
+            yield con
+
+
+def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
+    engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+    @sa.event.listens_for(engine, "connect")
+    def _pragmas(dbapi_con: Any, _: Any) -> None:
+        dbapi_con.isolation_level = None  # transactions are begun explicitly below
+        cur = dbapi_con.cursor()
+        cur.execute("PRAGMA busy_timeout = 30000")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        # writers take the write lock up front, so two writers never deadlock on an upgrade
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def _scrub(msg: str, url: str) -> str:
+    try:
+        pw = sa.engine.make_url(url).password
+    except Exception:  # noqa: BLE001
+        pw = None
+    return msg.replace(pw, "***") if pw else msg

@@ -1,0 +1,232 @@
+"""The sweep: plan cells, run each in an isolated worker, write each result in one transaction,
+show progress with an ETA, and end with a summary table.  Handles resume, OOM boundaries and
+signals (RELIABILITY F1-F5).  Imports no torch (the workers do)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from memgauge.cell import Cell
+from memgauge.results.provenance import collect_env
+from memgauge.results.schema import FAILED
+from memgauge.results.store import Store
+from memgauge.units import fmt_bytes
+
+DONE_STATUSES = ("ok", "unsupported", "skipped_predicted_oom", "skipped_after_oom")
+
+
+class Cancelled(Exception):
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+@dataclass
+class SweepOutcome:
+    run_id: str
+    status: str
+    results: list[dict[str, Any]] = field(default_factory=list)
+    skipped_done: int = 0
+
+
+def _oom_blocks(cell: Cell, ooms: list[Cell]) -> Cell | None:
+    """A cell is skipped after an OOM of the same configuration at a smaller or equal size on
+    one axis (batch or sequence) with the other axis equal."""
+    for o in ooms:
+        same = (o.model, o.mode, o.techniques, o.dtype, o.device) == (
+            cell.model, cell.mode, cell.techniques, cell.dtype, cell.device)
+        if not same:
+            continue
+        if (o.seq_len == cell.seq_len and cell.batch > o.batch) or \
+                (o.batch == cell.batch and cell.seq_len > o.seq_len):
+            return o
+    return None
+
+
+class Progress:
+    """One line on stderr: done/total, the current cell, elapsed and ETA."""
+
+    def __init__(self, total: int, stream: Any = None, enabled: bool = True):
+        self.total, self.done, self.t0 = total, 0, time.time()
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+
+    def _eta(self) -> str:
+        if not self.done:
+            return "--:--"
+        left = (time.time() - self.t0) / self.done * (self.total - self.done)
+        return time.strftime("%M:%S", time.gmtime(left)) if left < 3600 else f"{left / 3600:.1f}h"
+
+    def show(self, label: str) -> None:
+        if not self.enabled:
+            return
+        width = 24
+        filled = int(width * self.done / max(1, self.total))
+        bar = "#" * filled + "." * (width - filled)
+        elapsed = time.strftime("%M:%S", time.gmtime(time.time() - self.t0))
+        self.stream.write(f"[{bar}] {self.done}/{self.total} {elapsed} eta {self._eta()}  {label}\n")
+        self.stream.flush()
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        self.show(label)
+
+
+def fill_loss_delta(result: dict[str, Any], cell: Cell, store: Store | None,
+                    run_results: dict[str, dict[str, Any]]) -> None:
+    """quality.loss_delta = loss - the same seed's baseline loss (this run's, else the store's)."""
+    q = result.get("quality") or {}
+    if q.get("loss") is None or not cell.techniques:
+        if not cell.techniques and q.get("loss") is not None:
+            q["loss_delta"] = 0.0
+        return
+    base = run_results.get(cell.baseline_key)
+    base_loss = (base or {}).get("quality", {}).get("loss") if base and base.get("status") == "ok" else None
+    if base_loss is None and store is not None:
+        row = store.latest_baseline(cell.baseline_key)
+        base_loss = row["loss"] if row else None
+    if base_loss is not None:
+        q["loss_delta"] = q["loss"] - base_loss
+
+
+def run_sweep(cells: list[Cell], *, store: Store, suite: str, kind: str = "sweep",
+              resume: str | None = None, config: dict[str, Any] | None = None,
+              runner: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+              progress: bool = True, on_result: Callable[[dict[str, Any]], None] | None = None,
+              ) -> SweepOutcome:
+    """Run the cells into `store`; SIGINT/SIGTERM end the running cell's process group, mark the
+    run `cancelled` and raise Cancelled (exit 130/143 in the CLI); a second signal exits at once."""
+    from memgauge.workloads.isolate import current_worker, run_isolated
+
+    runner = runner or run_isolated
+    env = collect_env()
+    if resume:
+        store.reopen_run(resume)
+        run_id = resume
+        statuses = store.cell_statuses(run_id)
+    else:
+        run_id = store.create_run(suite=suite, kind=kind, env=env,
+                                  config={**(config or {}), "cells": [c.to_dict() for c in cells]},
+                                  cells_planned=len(cells))
+        statuses = {}
+    todo = [c for c in cells if statuses.get(c.key) not in DONE_STATUSES]
+    outcome = SweepOutcome(run_id=run_id, status="running", skipped_done=len(cells) - len(todo))
+    run_results: dict[str, dict[str, Any]] = {}
+    ooms: list[Cell] = []
+    bar = Progress(len(todo), enabled=progress)
+
+    signals_seen: list[int] = []
+
+    def handler(signum: int, _frame: Any) -> None:
+        signals_seen.append(signum)
+        proc = current_worker()
+        if proc is not None:
+            import os
+
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if len(signals_seen) > 1:  # a second Ctrl-C: leave now
+            sys.stderr.write("second signal: exiting immediately\n")
+            os._exit(128 + signum)  # noqa: SLF001
+
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for cell in todo:
+            if signals_seen:
+                break
+            bar.show(f"running {cell.label()}")
+            blocker = _oom_blocks(cell, ooms)
+            if blocker is not None:
+                from memgauge.workloads.worker import _empty_result
+
+                result = _empty_result(cell.to_dict())
+                result["status"] = "skipped_after_oom"
+                result["error"] = f"a smaller size ran out of memory: {blocker.label()}"
+                result["env"] = env
+            else:
+                result = runner(cell.to_dict())
+            if signals_seen:  # the cell was killed by us, not by its own fault: not stored
+                break
+            fill_loss_delta(result, cell, store, run_results)
+            result["cell_extra"] = {k: v for k, v in cell.to_dict().items()
+                                    if k in ("steps", "decode_tokens", "quality_steps", "seed")}
+            store.write_result(run_id, result, replace=bool(resume))
+            run_results[cell.key] = result
+            outcome.results.append(result)
+            if result["status"] == "oom":
+                ooms.append(cell)
+            if on_result:
+                on_result(result)
+            bar.step(f"{result['status']:<8} {cell.label()}")
+        if signals_seen:
+            store.finish_run(run_id, "cancelled")
+            outcome.status = "cancelled"
+            raise Cancelled(signals_seen[0])
+        failed = any(r["status"] in FAILED for r in outcome.results)
+        outcome.status = "complete"
+        store.finish_run(run_id, "complete")
+        _ = failed
+        return outcome
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+# -- the summary table ----------------------------------------------------------------------------
+def summary_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Peak, saving vs the baseline of the same group, tokens/s and status per cell."""
+    by_key = {}
+    for r in results:
+        c = r["cell"]
+        by_key[(c["model"], c["mode"], c["batch"], c["seq_len"], c["dtype"], c["device"],
+                tuple(c["techniques"]))] = r
+    rows = []
+    for r in results:
+        c = r["cell"]
+        base = by_key.get((c["model"], c["mode"], c["batch"], c["seq_len"], c["dtype"],
+                           c["device"], ()))
+        peak = (r.get("memory") or {}).get("peak_allocated")
+        bpeak = (base.get("memory") or {}).get("peak_allocated") if base else None
+        tps = (r.get("timing") or {}).get("tokens_per_s")
+        btps = (base.get("timing") or {}).get("tokens_per_s") if base else None
+        rows.append({
+            "mode": c["mode"], "techniques": " + ".join(c["techniques"]) or "baseline",
+            "status": r["status"], "peak": peak,
+            "saving": (1 - peak / bpeak) if peak and bpeak else None,
+            "tokens_per_s": tps, "speed": (tps / btps) if tps and btps else None,
+            "loss_delta": (r.get("quality") or {}).get("loss_delta"),
+            "kl": (r.get("quality") or {}).get("kl_to_baseline"),
+            "model": c["model"], "batch": c["batch"], "seq_len": c["seq_len"],
+        })
+    return rows
+
+
+def format_summary(results: list[dict[str, Any]]) -> str:
+    rows = summary_rows(results)
+    head = f"{'mode':<8} {'techniques':<28} {'status':<12} {'peak':>11} {'saving':>8} " \
+           f"{'tokens/s':>10} {'speed':>7} {'Δloss':>8} {'KL':>8}"
+    lines = [head, "-" * len(head)]
+
+    def pct(x: float | None) -> str:
+        return f"{x * 100:+.1f}%" if x is not None else "—"
+
+    for r in rows:
+        tps = f"{r['tokens_per_s']:.0f}" if r["tokens_per_s"] else "—"
+        speed = f"{r['speed']:.2f}x" if r["speed"] else "—"
+        dloss = f"{r['loss_delta']:+.3f}" if r["loss_delta"] is not None else "—"
+        kl = f"{r['kl']:.2e}" if r["kl"] is not None else "—"
+        lines.append(
+            f"{r['mode']:<8} {r['techniques'][:28]:<28} {r['status']:<12} "
+            f"{fmt_bytes(r['peak']):>11} {pct(r['saving']):>8} {tps:>10} {speed:>7} "
+            f"{dloss:>8} {kl:>8}")
+    lines.append("peak = tensor peak (CPU: torch.profiler memory events; CUDA: max_memory_allocated); "
+                 "saving and speed vs the baseline of the same mode and shape; MiB/GiB = 1024-based")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Workloads: the model zoo, data, the train / prefill / decode steps and the worker entry point."""

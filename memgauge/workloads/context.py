@@ -1,0 +1,66 @@
+"""What techniques transform: how a model is built (`BuildOptions`) and the built workload
+(`Workload`: model, optimizer factory, loss, autocast, saved-tensor hooks, KV cache factory)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from memgauge.workloads.zoo import ModelSpec
+
+
+@dataclass(kw_only=True)
+class BuildOptions:
+    spec: ModelSpec
+    attn_implementation: str = "sdpa"
+    param_dtype: torch.dtype = torch.float32
+
+
+def default_loss(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor) -> torch.Tensor:
+    """Linear head + cross-entropy as transformers computes it: logits upcast to fp32."""
+    logits = head(hidden).float()  # (B, T, V)
+    return F.cross_entropy(logits.view(-1, logits.size(-1)), labels.reshape(-1))
+
+
+def default_optimizer(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=1e-3, foreach=False)
+
+
+@dataclass(kw_only=True)
+class Workload:
+    """A built model and everything a step needs; techniques edit the fields in place."""
+
+    spec: ModelSpec
+    model: torch.nn.Module  # the transformers causal-LM (possibly wrapped, e.g. by peft)
+    hf_model: torch.nn.Module  # the unwrapped transformers model: .get_decoder() / lm head
+    device: torch.device
+    dtype: torch.dtype
+    mode: str
+    optimizer_factory: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer] = default_optimizer
+    loss_fn: Callable[..., torch.Tensor] = default_loss
+    autocast: Callable[[], Any] = contextlib.nullcontext
+    saved_tensors: Callable[[], Any] = contextlib.nullcontext
+    micro_batches: int = 1
+    cache_factory: Callable[[int], Any] | None = None  # (max_len) -> transformers Cache
+    optimizer: torch.optim.Optimizer | None = None
+    fused_optimizer_step: bool = False  # the optimizer steps inside backward (hooks)
+    notes: list[str] = field(default_factory=list)
+    cache_observer: Callable[[Any], None] | None = None  # called with the cache after forwards
+    last_cache: Any = None  # the KV cache of the last prefill/decode step (for the breakdown)
+    step_wrappers: list[Callable[[Callable[[], Any]], Callable[[], Any]]] = field(default_factory=list)
+
+    @property
+    def head(self) -> torch.nn.Module:
+        return self.hf_model.get_output_embeddings()
+
+    @property
+    def backbone(self) -> torch.nn.Module:
+        return self.hf_model.get_decoder()
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
