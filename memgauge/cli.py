@@ -88,6 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from memgauge.suite import (
         MAX_CELLS_WITHOUT_YES,
+        count_cells,
         expand_suite,
         load_suite,
         order_cells,
@@ -96,16 +97,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from memgauge.sweep import Cancelled, format_summary, run_sweep
 
     name, data = load_suite(args.suite)
-    cells = order_cells(shard_cells(expand_suite(data), args.shard))
-    if len(cells) > MAX_CELLS_WITHOUT_YES and not args.yes:
-        return _die(f"suite {name} has {len(cells)} cells (more than {MAX_CELLS_WITHOUT_YES}); "
-                    f"pass --yes to run them all")
+    size = count_cells(data)  # before validating: a 10**6-cell suite must not be expanded
+    if size > MAX_CELLS_WITHOUT_YES and not args.yes:
+        return _die(f"suite {name} expands to {size:,} cells (more than "
+                    f"{MAX_CELLS_WITHOUT_YES}); pass --yes to run them all")
+    all_cells = expand_suite(data)
+    cells = order_cells(shard_cells(all_cells, args.shard))
+    if args.run_id and args.resume:
+        return _die("--run-id and --resume both name the run; give one")
     store = _store(args)
     sys.stderr.write(f"suite {name}: {len(cells)} cells -> store {store.safe_url}\n")
     try:
         outcome = run_sweep(cells, store=store, suite=name, resume=args.resume,
                             config={"suite": name, "shard": args.shard},
-                            progress=not args.quiet)
+                            progress=not args.quiet, run_id=args.run_id,
+                            cells_planned=len(all_cells))
     except Cancelled as exc:
         sys.stderr.write(f"sweep cancelled by {exc}; completed cells are stored\n")
         return 130 if exc.signum == 2 else 143
@@ -260,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", required=True, help="quick, standard, nightly or PATH.toml")
     p.add_argument("--resume", metavar="RUN", help="finish run RUN: only missing or failed cells")
     p.add_argument("--shard", metavar="i/n", help="run a deterministic 1/n of the cells")
+    p.add_argument("--run-id", metavar="ID",
+                   help="write into run ID, creating it if absent: n shards given the same ID "
+                        "fill one run (a cell is never stored twice)")
     p.add_argument("--yes", action="store_true", help="allow very large sweeps")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(fn=cmd_sweep)

@@ -112,6 +112,25 @@ def validate_cell(cell: Cell, problems: list[str], where: str) -> Cell | None:
     return cell if len(problems) == n0 else None
 
 
+def count_cells(data: dict[str, Any]) -> int:
+    """How many cells a suite expands to, without building or validating them."""
+    defaults = dict(data.get("defaults", {}))
+    total = 0
+    for entry in data.get("cells") or []:
+        if not isinstance(entry, dict):
+            continue
+        merged = {**defaults, **entry}
+        n = 1
+        for k in _EXPAND:
+            v = merged.get(k)
+            if k == "techniques":
+                n *= len(v) if v and isinstance(v, list) and isinstance(v[0], list) else 1
+            elif isinstance(v, list):
+                n *= len(v)
+        total += n
+    return total
+
+
 def expand_suite(data: dict[str, Any], *, overrides: dict[str, Any] | None = None) -> list[Cell]:
     """All cells of a suite, validated; raises SuiteError listing every problem."""
     problems: list[str] = []

@@ -1,0 +1,62 @@
+"""The worker's measurements, in-process on a tiny model (fp32, CPU)."""
+
+import pytest
+
+from memgauge.cell import Cell
+from memgauge.workloads.worker import run_cell
+
+TINY = "llama:layers=2,hidden=64,heads=4,kv_heads=2,ffn=176,vocab=512,max_pos=512"
+
+
+def _run(**kw):
+    cell = Cell(**{"model": TINY, "mode": "train", "batch": 2, "seq_len": 32, "steps": 2,
+                   "warmup": 1, "quality_steps": 1, **kw})
+    r = run_cell(cell.to_dict())
+    assert r["status"] == "ok", r["error"]
+    return r
+
+
+def test_train_steady_state_is_4_bytes_params_8_bytes_adamw():
+    r = _run()
+    n = r["params"]["total"]
+    steady = r["memory"]["steady"]
+    assert steady["parameters"] == 4 * n
+    assert steady["gradients"] == 4 * n
+    # AdamW: exp_avg + exp_avg_sq (fp32) = 8 B/param, plus a 4-byte step counter per tensor
+    n_tensors = 2 * 9 + 3  # 9 per layer, embedding, final norm, head
+    assert steady["optimizer_state"] == 8 * n + 4 * n_tensors
+
+
+def test_breakdown_accounts_for_the_whole_peak():
+    r = _run()
+    mem = r["memory"]
+    assert sum(mem["breakdown"].values()) == mem["breakdown_peak"]
+    # the tracker and the profiler see the same tensor peak on CPU
+    assert abs(mem["breakdown_peak"] - mem["peak_allocated"]) <= max(0.01 * mem["peak_allocated"], 1 << 20)
+    assert mem["breakdown"]["parameters"] == r["memory"]["steady"]["parameters"]
+    assert mem["breakdown"]["activations"] > 0
+
+
+@pytest.mark.parametrize("mode", ["prefill", "decode"])
+def test_inference_modes(mode):
+    r = _run(mode=mode, decode_tokens=4)
+    mem, q = r["memory"], r["quality"]
+    assert mem["breakdown"]["gradients"] == 0 and mem["breakdown"]["optimizer_state"] == 0
+    assert mem["breakdown"]["kv_cache"] > 0
+    assert q["kl_to_baseline"] == pytest.approx(0.0, abs=1e-6) and q["top1_agreement"] == 1.0
+    assert q["perplexity"] > 1
+    assert r["timing"]["tokens_per_s"] > 0
+    if mode == "decode":
+        assert r["timing"]["steps"] == 2 * 3  # (decode_tokens - 1) timed tokens per step
+
+
+def test_kv_cache_at_peak_matches_the_formula():
+    # 2 (K and V) * layers * kv_heads * head_dim * tokens * batch * 4 bytes
+    r = _run(mode="prefill", seq_len=48)
+    assert r["memory"]["breakdown"]["kv_cache"] == 2 * 2 * 2 * 16 * 48 * 2 * 4
+
+
+def test_seq_beyond_model_is_an_error_not_a_crash():
+    cell = Cell(model=TINY, mode="prefill", seq_len=600, steps=1, warmup=0)
+    r = run_cell(cell.to_dict())
+    assert r["status"] == "error" and "max positions" in r["error"]
