@@ -16,7 +16,9 @@ Memory arithmetic (N tokens, H hidden, V vocabulary; fp32 = 4 bytes, bf16 = 2 by
     one (C, V) fp32 buffer that holds the logits, then (in place) the softmax, then the
     gradient of the logits; for bf16 inputs also its (C, V) bf16 copy for the matmul with W;
     grad_hidden (N, H) in the input dtype; grad_weight (V, H) accumulated in fp32 (the
-    parameter's gradient, which any training step must allocate anyway); loss per token (N,).
+    parameter's gradient, which any training step must allocate anyway; for bf16 weights the
+    fp32 accumulator and its bf16 cast coexist for a moment: 6 B per weight element, 3 GiB
+    at V=128256, H=4096); loss per token (N,).
   Choosing C ~ N*H/V (see `default_chunk_size`) makes the (C, V) buffer as large (in elements)
   as the hidden states (N, H): the transient cost stops growing with V, and the peak becomes
   ~ N*H + V*H elements instead of ~ 4*N*V. For N=16384, H=4096, V=128256: C = 512,
@@ -122,7 +124,7 @@ def default_chunk_size(n_tokens: int, hidden_size: int, vocab_size: int) -> int:
 
     C = N*H/V rounded down to a power of two (so the budget is never exceeded by more than the
     MIN_CHUNK_TOKENS floor), at least MIN_CHUNK_TOKENS and at most N. Examples:
-    N=4096, H=512, V=32000 -> 65 -> floor 256 (one chunk: 31 MiB fp32 vs 500 MiB for all
+    N=4096, H=512, V=32000 -> 64, raised to 256 (one chunk: 31 MiB fp32 vs 500 MiB for all
     logits); N=16384, H=4096, V=128256 -> 512 (250 MiB vs 7.8 GiB).
     """
     if n_tokens <= 0:

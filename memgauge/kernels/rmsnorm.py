@@ -233,6 +233,11 @@ class _FusedRMSNormForward:
         self._module = weakref.ref(module)
         self.impl = impl
 
+    def __reduce__(self):
+        # deepcopy and pickle rebuild it around the *copied* module (a weakref is copied
+        # as-is, which would leave the copy normalising with the original's weight)
+        return (type(self), (self._module(), self.impl))
+
     def __call__(self, hidden_states: torch.Tensor) -> torch.Tensor:
         module = self._module()
         if module is None:
@@ -269,9 +274,8 @@ def patch_rmsnorm_(
             continue
         if not hasattr(module, "weight") or not hasattr(module, "variance_epsilon"):
             raise ValueError(f"{fqn or type(module).__name__}: needs weight and variance_epsilon")
-        module.forward = _FusedRMSNormForward(
-            module, impl
-        )  # instance attribute shadows the class's
+        # an instance attribute shadows the class's forward for this module only
+        module.forward = _FusedRMSNormForward(module, impl)
         setattr(module, _PATCH_MARK, True)
         patched.append(fqn)
     return patched

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import gc
+import warnings
 from collections.abc import Iterable
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 
 def storage_key(t: torch.Tensor) -> int | None:
@@ -52,12 +54,15 @@ def unique_bytes(tensors: Iterable[torch.Tensor], device_type: str | None = None
 
 def live_tensors() -> list[torch.Tensor]:
     out = []
-    for obj in gc.get_objects():
-        try:
-            if isinstance(obj, torch.Tensor):
-                out.append(obj)
-        except ReferenceError:
-            continue
+    with warnings.catch_warnings():  # isinstance() on some lazy module objects warns
+        warnings.simplefilter("ignore")
+        for obj in gc.get_objects():
+            try:
+                # FakeTensors (left behind by torch.compile / tracing) hold no memory
+                if isinstance(obj, torch.Tensor) and not isinstance(obj, FakeTensor):
+                    out.append(obj)
+            except ReferenceError:
+                continue
     return out
 
 

@@ -35,6 +35,13 @@ needs_triton = pytest.mark.skipif(
     "(on CPU: run by test_interpreted_cases_in_child_process)",
 )
 
+
+def triton_case(test):
+    """Triton cases: skipped without triton and a place to run; on CUDA marked `gpu`."""
+    test = needs_triton(test)
+    return pytest.mark.gpu(test) if TRITON_DEVICE == "cuda" else test
+
+
 # (batch, seq, hidden, vocab): one real small shape, one odd shape (prime-ish sizes).
 REAL = (2, 128, 256, 4096)
 ODD = (1, 47, 31, 123)
@@ -273,6 +280,16 @@ def test_auto_picks_torch_on_cpu_and_forced_triton_needs_the_interpreter(monkeyp
         resolve_impl("triton", torch.device("cpu"))
 
 
+@pytest.mark.skipif(INTERPRET or not triton_available(), reason="needs compiled-mode triton")
+def test_interpreter_switched_on_after_import_is_reported(monkeypatch):
+    import triton  # noqa: F401 - imported in compiled mode, as in any ordinary process
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    h, w, _, labels, _ = make_inputs(ODD, bias=False)
+    with pytest.raises(RuntimeError, match="before the first `import triton`"):
+        fused_linear_cross_entropy(h, w, labels, impl="triton")
+
+
 def test_default_chunk_size_keeps_a_chunk_near_the_size_of_the_hidden_states():
     # C ~ N*H/V rounded down to a power of two, floor 256, never above N
     assert default_chunk_size(16384, 4096, 128256) == 512
@@ -312,10 +329,35 @@ def test_chunked_peak_memory_is_well_below_the_unfused_peak():
     assert chunked_peak < logits_bytes  # never even one full copy of the logits
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_cuda_peak_memory_is_well_below_the_unfused_peak(impl):
+    if impl == "triton" and not triton_available():
+        pytest.skip("triton is not installed")
+    n_tokens, hidden, vocab = 4096, 1024, 32000  # bf16 logits: 250 MiB, fp32: 500 MiB
+    h = torch.randn(n_tokens, hidden, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = (torch.randn(vocab, hidden, device="cuda") * hidden**-0.5).to(torch.bfloat16)
+    w.requires_grad_()
+    labels = torch.randint(0, vocab, (n_tokens,), device="cuda")
+
+    def peak(step):
+        h.grad = w.grad = None
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated()
+
+    unfused_peak = peak(lambda: F.cross_entropy(F.linear(h, w).float(), labels).backward())
+    chunked_peak = peak(lambda: fused_linear_cross_entropy(h, w, labels, impl=impl).backward())
+    assert chunked_peak < 0.3 * unfused_peak, (chunked_peak, unfused_peak)
+
+
 # --- Triton path (CUDA, or the interpreter in a child process) ------------------------------
 
 
-@needs_triton
+@triton_case
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, FP32_TOL)], ids=["fp32"])
@@ -326,14 +368,14 @@ def test_triton_matches_reference_odd_shape(reduction, label_smoothing, dtype, t
     )  # fmt: skip
 
 
-@needs_triton
+@triton_case
 def test_triton_matches_reference_small_real_shape():
     # vocab above the kernel's block so rows take several passes
     shape = (1, 32, 64, 20000) if INTERPRET else REAL
     check_against_reference(shape, impl="triton", device=TRITON_DEVICE, chunk_size=16)
 
 
-@needs_triton
+@triton_case
 def test_triton_ignore_index_and_nan_parity():
     check_against_reference(ODD, impl="triton", device=TRITON_DEVICE, ignore_index=3, chunk_size=13)
     h, w, _, labels, tensors = make_inputs(ODD, bias=False, device=TRITON_DEVICE)

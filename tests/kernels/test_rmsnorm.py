@@ -31,6 +31,13 @@ needs_triton = pytest.mark.skipif(
     "(on CPU: run by test_interpreted_cases_in_child_process)",
 )
 
+
+def triton_case(test):
+    """Triton cases: skipped without triton and a place to run; on CUDA marked `gpu`."""
+    test = needs_triton(test)
+    return pytest.mark.gpu(test) if TRITON_DEVICE == "cuda" else test
+
+
 REAL = (2, 64, 256)  # (batch, seq, hidden)
 ODD = (4, 47, 31)
 DTYPES = [
@@ -205,6 +212,15 @@ def test_patch_replaces_forward_on_instances_only_and_matches_hf(monkeypatch):
     ):
         assert_close_report(p.grad, q.grad, atol=1e-5, rtol=1e-4, name=f"grad {name}")
 
+    # a deep copy of a patched model normalises with its own weights
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        clone.model.norm.weight.mul_(2)
+        x = torch.randn(3, 32)
+        assert_close_report(
+            clone.model.norm(x), 2 * model.model.norm(x), atol=1e-6, rtol=1e-6, name="copy"
+        )
+
     assert len(unpatch_rmsnorm_(model)) == 5
     assert "forward" not in vars(model.model.norm)
 
@@ -237,14 +253,14 @@ def test_patch_filter_fn_and_no_reference_cycle():
 # --- Triton path ----------------------------------------------------------------------------
 
 
-@needs_triton
+@triton_case
 @pytest.mark.parametrize(("dtype", "tol"), DTYPES)
 @pytest.mark.parametrize("shape", [(1, 16, 256), ODD], ids=["small", "odd"])
 def test_triton_matches_reference(shape, dtype, tol):
     check(shape, dtype, tol, impl="triton", device=TRITON_DEVICE)
 
 
-@needs_triton
+@triton_case
 def test_triton_nan_and_inf_parity():
     check(ODD, torch.float32, (1e-5, 1e-5), impl="triton", device=TRITON_DEVICE, poison=True)
 
