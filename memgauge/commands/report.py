@@ -1,0 +1,60 @@
+"""`memgauge report --store URL [--run ID] [--vs ID] --format html|md|csv|parquet|json -o PATH`:
+one file to hand a colleague (markdown: the .md plus its PNG charts beside it)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "report",
+        help="export a run as an HTML/Markdown/CSV/Parquet/JSON report",
+        description=__doc__,
+    )
+    # the contract's form `memgauge report --store URL`; SUPPRESS keeps `memgauge --store URL report`
+    p.add_argument(
+        "--store",
+        default=argparse.SUPPRESS,
+        help="store URL or SQLite path (default: $MEMGAUGE_STORE, else the default file)",
+    )
+    p.add_argument("--run", metavar="ID", help="the run to report (default: the newest)")
+    p.add_argument("--vs", metavar="ID", help="compare with this run (adds a regressions table)")
+    p.add_argument("--format", required=True, choices=("html", "md", "csv", "parquet", "json"))
+    p.add_argument("-o", "--output", required=True, metavar="PATH", help="the file to write")
+    p.add_argument(
+        "--budget",
+        action="append",
+        metavar="SIZE",
+        default=[],
+        help="memory budget for the best-combination table, e.g. 24GiB (repeat; "
+        "default: 100/75/50%% of each baseline's peak)",
+    )
+    p.set_defaults(fn=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from memgauge.results.report import write_report
+    from memgauge.results.store import Store
+    from memgauge.units import parse_bytes
+
+    budgets = [parse_bytes(b) for b in args.budget] or None
+    store = Store.open(args.store, create=False)
+    try:
+        paths = write_report(
+            store, args.output, args.format, run_id=args.run, vs=args.vs, budgets=budgets
+        )
+    except ModuleNotFoundError as exc:
+        sys.stderr.write(
+            f"memgauge: error: the {args.format} report needs {exc.name}: "
+            f"pip install 'memgauge[reports]'\n"
+        )
+        return 2
+    except RuntimeError as exc:
+        sys.stderr.write(f"memgauge: error: {exc}\n")
+        return 2
+    for p in paths:
+        print(p)
+    return 0
