@@ -106,12 +106,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.run_id and args.resume:
         return _die("--run-id and --resume both name the run; give one")
     store = _store(args)
+    # pre-flight: the device memory a cell must fit in (CUDA cells: the device's own)
+    device_memory = _bytes_or_none(args.device_memory or data.get("device_memory"))
     sys.stderr.write(f"suite {name}: {len(cells)} cells -> store {store.safe_url}\n")
     try:
         outcome = run_sweep(cells, store=store, suite=name, resume=args.resume,
-                            config={"suite": name, "shard": args.shard},
+                            config={"suite": name, "shard": args.shard,
+                                    "device_memory": device_memory},
                             progress=not args.quiet, run_id=args.run_id,
-                            cells_planned=len(all_cells))
+                            cells_planned=len(all_cells), device_memory=device_memory,
+                            skip_predicted_oom=not args.no_skip)
     except Cancelled as exc:
         sys.stderr.write(f"sweep cancelled by {exc}; completed cells are stored\n")
         return 130 if exc.signum == 2 else 143
@@ -195,31 +199,33 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from memgauge.estimate.analytic import estimate_cell
-    from memgauge.techniques import parse_techniques
+    from memgauge.estimate.fits import device_memory_for, predict, predicted_peak, verdict
     from memgauge.units import fmt_bytes, parse_bytes
-    from memgauge.workloads.zoo import resolve_model
 
     cell = _cell_from_args(args)
-    spec = resolve_model(cell.model)
-    an = estimate_cell(cell, spec, parse_techniques(cell.techniques))
-    budget = parse_bytes(args.device_memory) if args.device_memory else None
-    out = {"analytic": {**an["breakdown"], "peak": an["peak"]}, "traced": None,
-           "params": an["params"], "fits": None if budget is None else an["peak"] <= budget,
-           "notes": an["notes"]}
-    if budget is not None:
-        out["device_memory"] = budget
-        out["headroom"] = budget - an["peak"]
+    given = parse_bytes(args.device_memory) if args.device_memory else None
+    pred = predict(cell, trace=not args.no_trace)
+    v = verdict(predicted_peak(pred), device_memory_for(cell, given))
+    out = {"analytic": pred["analytic"], "traced": pred["traced"], "params": pred["params"],
+           "fits": v["fits"], "device_memory": v["device_memory"], "headroom": v["headroom"],
+           "peak_phase": pred["peak_phase"], "traced_reason": pred["traced_reason"],
+           "notes": pred["notes"]}
     if args.json:
         print(json.dumps(out))
-    else:
-        print(f"{cell.label()}")
-        for k, v in an["breakdown"].items():
-            print(f"  {k:<16} {fmt_bytes(v):>12}")
-        print(f"  {'peak':<16} {fmt_bytes(an['peak']):>12}")
-        if budget is not None:
-            print(f"  {'fits' if out['fits'] else 'does NOT fit'} in {fmt_bytes(budget)} "
-                  f"(headroom {fmt_bytes(out['headroom'])})")
+        return 0
+    print(f"{cell.label()}")
+    tr = pred["traced"] or {}
+    print(f"  {'':<16} {'analytic':>12} {'traced':>12}")
+    for k, val in pred["analytic"].items():
+        print(f"  {k:<16} {fmt_bytes(val):>12} {fmt_bytes(tr.get(k)) if tr else '—':>12}")
+    print(f"  analytic peak at {pred['peak_phase']}"
+          + (f"; traced peak at {pred.get('traced_peak_op')} in {pred.get('traced_seconds')} s"
+             if tr else f"; traced: {pred['traced_reason']}"))
+    for n in pred["notes"]:
+        print(f"  note: {n}")
+    if v["fits"] is not None:
+        print(f"  {'fits' if v['fits'] else 'does NOT fit'} in {fmt_bytes(v['device_memory'])} "
+              f"(headroom {fmt_bytes(v['headroom'])}, {'traced' if tr else 'analytic'} peak)")
     return 0
 
 
@@ -245,6 +251,8 @@ def _add_cell_args(p: argparse.ArgumentParser, *, run: bool) -> None:
         p.add_argument("--no-store", action="store_true", help="do not store the result")
     else:
         p.add_argument("--device-memory", help="device memory to fit in: 24GiB, 80GB or a GPU name")
+        p.add_argument("--no-trace", action="store_true",
+                       help="analytic estimate only (no fake-tensor trace of the step)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -271,6 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "fill one run (a cell is never stored twice)")
     p.add_argument("--yes", action="store_true", help="allow very large sweeps")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--device-memory", help="memory each cell must fit in (24GiB, a GPU name); "
+                                           "cells predicted not to fit are skipped_predicted_oom "
+                                           "(CUDA cells default to the device's memory)")
+    p.add_argument("--no-skip", action="store_true",
+                   help="run cells even when they are predicted not to fit")
     p.set_defaults(fn=cmd_sweep)
 
     p = sub.add_parser("list", help="list models, techniques or suites")
@@ -296,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-COMMAND_MODULES = ("capacity", "nightly", "report", "dashboard")
+COMMAND_MODULES = ("capacity", "nightly", "report", "dashboard", "pretrain")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -317,6 +330,15 @@ def main(argv: list[str] | None = None) -> int:
         return _die(str(exc))
     except BrokenPipeError:
         return 0
+    except Exception as exc:
+        if not type(exc).__module__.startswith(("sqlalchemy", "psycopg", "sqlite3")):
+            raise
+        # a store failure mid-command (server gone, disk full): said in one line, the URL's
+        # password scrubbed from it (F18)
+        from memgauge.results.store import _scrub, resolve_url
+
+        msg = _scrub(str(exc).splitlines()[0] if str(exc) else "", resolve_url(args.store))
+        return _die(f"store error: {type(exc).__name__}: {msg}")
 
 
 if __name__ == "__main__":

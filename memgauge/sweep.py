@@ -98,16 +98,30 @@ def run_sweep(cells: list[Cell], *, store: Store, suite: str, kind: str = "sweep
               resume: str | None = None, config: dict[str, Any] | None = None,
               runner: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
               progress: bool = True, on_result: Callable[[dict[str, Any]], None] | None = None,
+              run_id: str | None = None, cells_planned: int | None = None,
+              device_memory: int | None = None, skip_predicted_oom: bool = True,
               ) -> SweepOutcome:
     """Run the cells into `store`; SIGINT/SIGTERM end the running cell's process group, mark the
-    run `cancelled` and raise Cancelled (exit 130/143 in the CLI); a second signal exits at once."""
-    from memgauge.workloads.isolate import current_worker, run_isolated
+    run `cancelled` and raise Cancelled (exit 130/143 in the CLI); a second signal exits at once.
+
+    `run_id` names a run shared by sweep shards (created if absent, race-safe): cells already in
+    it are skipped, a cell another shard stored first is not stored twice, and the run becomes
+    `complete` when it holds `cells_planned` results (the whole suite's count).  A store error
+    (disk full) stops the sweep with a StoreError naming the cell; earlier rows stay intact."""
+    from memgauge.results.store import DuplicateResult, StoreError
+    from memgauge.workloads.isolate import kill_current, run_isolated
 
     runner = runner or run_isolated
     env = collect_env()
+    shared = bool(run_id) and not resume
     if resume:
         store.reopen_run(resume)
         run_id = resume
+        statuses = store.cell_statuses(run_id)
+    elif shared:
+        store.ensure_run(run_id, suite=suite, kind=kind, env=env,
+                         config={**(config or {}), "cells": [c.to_dict() for c in cells]},
+                         cells_planned=cells_planned or len(cells))
         statuses = store.cell_statuses(run_id)
     else:
         run_id = store.create_run(suite=suite, kind=kind, env=env,
@@ -124,15 +138,14 @@ def run_sweep(cells: list[Cell], *, store: Store, suite: str, kind: str = "sweep
 
     def handler(signum: int, _frame: Any) -> None:
         signals_seen.append(signum)
-        proc = current_worker()
-        if proc is not None:
+        # a second Ctrl-C must end us even while the cleanup is stuck in C code (a store
+        # waiting on a lock): the kernel's default action does, Python's handlers would wait
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        kill_current()  # its process group and, for torchrun cells, every rank
+        if len(signals_seen) > 1:  # a second Ctrl-C: leave now
             import os
 
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        if len(signals_seen) > 1:  # a second Ctrl-C: leave now
             sys.stderr.write("second signal: exiting immediately\n")
             os._exit(128 + signum)  # noqa: SLF001
 
@@ -151,6 +164,9 @@ def run_sweep(cells: list[Cell], *, store: Store, suite: str, kind: str = "sweep
                 result["status"] = "skipped_after_oom"
                 result["error"] = f"a smaller size ran out of memory: {blocker.label()}"
                 result["env"] = env
+            elif skip_predicted_oom and (pre := _predicted_oom(cell, device_memory)) is not None:
+                result = pre  # pre-flight: the estimate says it cannot fit this device
+                result["env"] = env
             else:
                 result = runner(cell.to_dict())
             if signals_seen:  # the cell was killed by us, not by its own fault: not stored
@@ -158,7 +174,14 @@ def run_sweep(cells: list[Cell], *, store: Store, suite: str, kind: str = "sweep
             fill_loss_delta(result, cell, store, run_results)
             result["cell_extra"] = {k: v for k, v in cell.to_dict().items()
                                     if k in ("steps", "decode_tokens", "quality_steps", "seed")}
-            store.write_result(run_id, result, replace=bool(resume))
+            try:
+                store.write_result(run_id, result, replace=bool(resume) or cell.key in statuses)
+            except DuplicateResult:  # another shard ran it into this run first: keep theirs
+                outcome.skipped_done += 1
+                bar.step(f"{'done':<8} {cell.label()} (by another shard)")
+                continue
+            except (StoreError, sa_errors(), OSError) as exc:
+                _stop_on_store_error(store, run_id, cell, exc)
             run_results[cell.key] = result
             outcome.results.append(result)
             if result["status"] == "oom":
@@ -172,12 +195,47 @@ def run_sweep(cells: list[Cell], *, store: Store, suite: str, kind: str = "sweep
             raise Cancelled(signals_seen[0])
         failed = any(r["status"] in FAILED for r in outcome.results)
         outcome.status = "complete"
-        store.finish_run(run_id, "complete")
+        if shared and store.count_results(run_id) < (cells_planned or len(cells)):
+            outcome.status = "running"  # other shards still have cells to store
+        else:
+            store.finish_run(run_id, "complete")
         _ = failed
         return outcome
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def _predicted_oom(cell: Cell, device_memory: int | None) -> dict[str, Any] | None:
+    """A `skipped_predicted_oom` result, or None: CUDA cells are checked against the device's
+    memory (or `device_memory`), CPU cells only when `device_memory` is given."""
+    if device_memory is None and not str(cell.device).startswith("cuda"):
+        return None
+    from memgauge.estimate.fits import preflight
+
+    return preflight(cell, device_memory)
+
+
+def sa_errors() -> type[Exception]:
+    import sqlalchemy as sa
+
+    return sa.exc.SQLAlchemyError
+
+
+def _stop_on_store_error(store: Store, run_id: str, cell: Cell, exc: BaseException) -> None:
+    """The store refused a write (disk full, server gone): stop the sweep, name the cell and the
+    error; the failed cell's transaction was rolled back, earlier cells stay stored."""
+    from memgauge.results.store import StoreError, _scrub
+
+    msg = _scrub(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                 store.url)
+    try:
+        store.finish_run(run_id, "failed")
+    except Exception:  # noqa: BLE001 - the store may refuse this write too
+        pass
+    raise StoreError(f"could not store cell {cell.label()} into {store.safe_url}: {msg}; the "
+                     f"sweep stopped, cells stored before it are intact (resume with "
+                     f"--resume {run_id} once the store is fixed)") from None
 
 
 # -- the summary table ----------------------------------------------------------------------------

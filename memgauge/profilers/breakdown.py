@@ -54,6 +54,9 @@ class BreakdownTracker(TorchDispatchMode):
         self.peak = 0
         self.peak_seq = 0
         self._hooks: Any = None
+        # storages that change size in place (FSDP2 frees gathered parameters with
+        # storage.resize_(0), which no dispatch mode sees): polled after every op
+        self._watch: dict[int, tuple[torch.UntypedStorage, str]] = {}
 
     # -- storage bookkeeping ----------------------------------------------------------------------
     def _track_storage(self, st: torch.UntypedStorage, key: int, category: str) -> None:
@@ -80,9 +83,42 @@ class BreakdownTracker(TorchDispatchMode):
         self.total -= rec.nbytes
         self._dead.append(rec)
 
+    def watch_resizable(self, tensors: Iterable[torch.Tensor], category: str) -> None:
+        """Storages that are resized in place (allocated and freed without a new storage)."""
+        for t in tensors:
+            for key, _ in tensor_storages(t):
+                st = t.untyped_storage()
+                self._watch[key] = (st, category)
+                rec = self._recs.get(key)
+                if rec is not None and rec.nbytes != st.nbytes():
+                    self._on_free(key)
+        self._poll()
+
+    def _poll(self) -> None:
+        for key, (st, category) in self._watch.items():
+            n = st.nbytes()
+            rec = self._recs.get(key)
+            if rec is not None and rec.nbytes == n:
+                continue
+            if rec is not None:
+                self._on_free(key)
+            if n:
+                self._track_storage(st, key, category)
+
     def _track_tensor(self, t: torch.Tensor, category: str) -> None:
         if t.device.type != self.device_type:
             return
+        if type(t) is not torch.Tensor and hasattr(type(t), "__tensor_flatten__"):
+            # a tensor subclass (DTensor: a rank's local shard) holds its bytes in inner tensors
+            try:
+                names, _ = t.__tensor_flatten__()
+                for n in names:
+                    inner = getattr(t, n)
+                    if isinstance(inner, torch.Tensor):
+                        self._track_tensor(inner, category)
+                return
+            except Exception:  # noqa: BLE001 - fall back to the outer storage
+                pass
         try:
             st = t.untyped_storage()
         except (RuntimeError, NotImplementedError):
@@ -145,6 +181,8 @@ class BreakdownTracker(TorchDispatchMode):
     # -- dispatch ---------------------------------------------------------------------------------
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
+        if self._watch:
+            self._poll()
         flat, _ = tree_flatten(out)
         for t in flat:
             if isinstance(t, torch.Tensor):
@@ -154,10 +192,10 @@ class BreakdownTracker(TorchDispatchMode):
     def __enter__(self) -> BreakdownTracker:
         def pack(t: torch.Tensor) -> torch.Tensor:
             if t.device.type == self.device_type and not isinstance(t, torch.nn.Parameter):
-                key = t.untyped_storage()._cdata
-                rec = self._recs.get(key)
-                if rec is not None and rec.category == "temporaries":
-                    rec.category = "activations"
+                for key, _ in tensor_storages(t):
+                    rec = self._recs.get(key)
+                    if rec is not None and rec.category == "temporaries":
+                        rec.category = "activations"
             return t
 
         self._hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)

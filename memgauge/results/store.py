@@ -31,6 +31,19 @@ class StoreError(RuntimeError):
     """A store problem a user must fix; the message says what to do."""
 
 
+class DuplicateResult(StoreError):
+    """The run already holds a result for this cell (another shard wrote it first)."""
+
+
+def driver_url(url: str) -> str:
+    """`postgresql://` and `postgres://` mean PostgreSQL through psycopg 3 (the driver we ship);
+    an explicit `postgresql+driver://` is kept."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
 def default_path() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "memgauge" / "results.sqlite"
@@ -52,12 +65,12 @@ def redact(url: str) -> str:
         return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
 
 
-def _fs_type(path: Path) -> str | None:
+def _fs_type(path: Path, mounts: str = "/proc/mounts") -> str | None:
     """Filesystem type of the mount holding `path` (from /proc/mounts; longest prefix wins)."""
     try:
         target = str(path.resolve())
         best, kind = "", None
-        with open("/proc/mounts") as f:
+        with open(mounts) as f:
             for line in f:
                 parts = line.split()
                 if len(parts) < 3:
@@ -118,7 +131,7 @@ class Store:
     # -- opening ----------------------------------------------------------------------------------
     @classmethod
     def open(cls, store: str | None = None, *, create: bool = True) -> Store:
-        url = resolve_url(store)
+        url = driver_url(resolve_url(store))
         if url.startswith("sqlite"):
             path = Path(sa.engine.make_url(url).database or "")
             check_sqlite_file(path)
@@ -136,12 +149,30 @@ class Store:
                                  f"{_scrub(str(exc), url)}") from None
         st = cls(url, engine, read_engine)
         try:
-            st._init_schema()
+            with st._schema_lock():
+                st._init_schema()
         except StoreError:
             raise
-        except sa.exc.SQLAlchemyError as exc:
-            raise StoreError(f"cannot open store {st.safe_url}: {_scrub(str(exc), url)}") from None
+        except (sa.exc.SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"cannot open store {st.safe_url}: {type(exc).__name__}: "
+                             f"{_scrub(str(exc), url)}") from None
         return st
+
+    @contextmanager
+    def _schema_lock(self) -> Iterator[None]:
+        """PostgreSQL: machines opening a fresh store at once must not both create its tables
+        (a session advisory lock serialises the check-and-create).  SQLite: its write lock."""
+        if self.engine.dialect.name != "postgresql":
+            yield
+            return
+        with self.engine.connect() as con:
+            con.exec_driver_sql(f"SELECT pg_advisory_lock({_SCHEMA_LOCK_KEY})")
+            con.commit()
+            try:
+                yield
+            finally:
+                con.exec_driver_sql(f"SELECT pg_advisory_unlock({_SCHEMA_LOCK_KEY})")
+                con.commit()
 
     def _init_schema(self) -> None:
         insp = sa.inspect(self.engine)
@@ -174,15 +205,32 @@ class Store:
         if self.is_sqlite:
             path = Path(sa.engine.make_url(self.url).database)
             backup = path.with_name(f"{path.name}.v{from_version}.{int(time.time())}.bak")
-            with self.engine.connect() as con:  # consistent copy even in WAL mode
-                con.exec_driver_sql(f"VACUUM INTO '{backup}'")
+            n = 1
+            while backup.exists():  # a second try within the same second keeps the first copy
+                backup = path.with_name(f"{path.name}.v{from_version}.{int(time.time())}-{n}.bak")
+                n += 1
+            # a consistent copy even in WAL mode; on a plain connection, as VACUUM cannot run
+            # inside the transaction the engine's connections always begin
+            raw = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+            try:
+                raw.execute("VACUUM INTO ?", (str(backup),))
+            finally:
+                raw.close()
+        else:
+            backup = None
         for v in range(from_version, S.SCHEMA_VERSION):
             if v not in MIGRATIONS:
                 raise StoreError(f"no migration from schema version {v}")
-            with self.engine.begin() as con:
-                MIGRATIONS[v](con)
-                con.execute(S.meta.delete().where(S.meta.c.key == "schema_version"))
-                con.execute(S.meta.insert().values(key="schema_version", value=str(v + 1)))
+            try:
+                with self.engine.begin() as con:
+                    MIGRATIONS[v](con)
+                    con.execute(S.meta.delete().where(S.meta.c.key == "schema_version"))
+                    con.execute(S.meta.insert().values(key="schema_version", value=str(v + 1)))
+            except Exception as exc:  # noqa: BLE001 - said with where the old file is kept
+                saved = f"; the store as it was is saved at {backup}" if backup else ""
+                raise StoreError(f"migrating {self.safe_url} from schema version {v} failed: "
+                                 f"{type(exc).__name__}: {_scrub(str(exc), self.url)}"
+                                 f"{saved}") from None
 
     def schema_version(self) -> int:
         with self.read_engine.connect() as con:
@@ -202,6 +250,39 @@ class Store:
                 env_hash=env_hash(env), env_json=json.dumps(env, default=str),
                 config_json=json.dumps(config, default=str)))
         return rid
+
+    def ensure_run(self, run_id: str, *, suite: str | None, kind: str, env: dict[str, Any],
+                   config: dict[str, Any], cells_planned: int) -> bool:
+        """Create run `run_id` unless it exists (insert-or-ignore: shards on many machines may
+        race to create it); True if this call created it.  A shared run has no owning process
+        (pid NULL), so it is never shown `interrupted` because one shard ended."""
+        from memgauge.results.provenance import env_hash
+
+        values = dict(id=run_id, suite=suite, kind=kind, status="running", started_at=time.time(),
+                      host=socket.gethostname(), pid=None, cells_planned=cells_planned,
+                      env_hash=env_hash(env), env_json=json.dumps(env, default=str),
+                      config_json=json.dumps(config, default=str))
+        name = self.engine.dialect.name
+        if name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        elif name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            insert = None
+        with self.engine.begin() as con:
+            if insert is not None:
+                stmt = (insert(S.runs).values(**values)
+                        .on_conflict_do_nothing(index_elements=["id"]).returning(S.runs.c.id))
+                return con.execute(stmt).first() is not None
+            if con.execute(sa.select(S.runs.c.id).where(S.runs.c.id == run_id)).first():
+                return False
+            con.execute(S.runs.insert().values(**values))
+            return True
+
+    def count_results(self, run_id: str) -> int:
+        with self.read_engine.connect() as con:
+            return int(con.execute(sa.select(sa.func.count()).select_from(S.results)
+                                   .where(S.results.c.run_id == run_id)).scalar_one())
 
     def reopen_run(self, run_id: str) -> None:
         with self.engine.begin() as con:
@@ -271,7 +352,12 @@ class Store:
                 if old is not None:
                     con.execute(S.breakdown.delete().where(S.breakdown.c.result_id == old))
                     con.execute(S.results.delete().where(S.results.c.id == old))
-            rid = con.execute(S.results.insert().values(**row)).inserted_primary_key[0]
+            try:
+                rid = con.execute(S.results.insert().values(**row)).inserted_primary_key[0]
+            except sa.exc.IntegrityError as exc:
+                if "unique" not in str(exc).lower():  # e.g. no such run (foreign key)
+                    raise
+                raise DuplicateResult(f"run {run_id} already holds cell {cell['key']}") from None
             rows = S.breakdown_rows(result)
             if rows:
                 con.execute(S.breakdown.insert(), [dict(r, result_id=rid) for r in rows])
@@ -321,6 +407,9 @@ class Store:
     def connect(self) -> Iterator[Any]:
         with self.read_engine.connect() as con:
             yield con
+
+
+_SCHEMA_LOCK_KEY = 0x6D656D67  # "memg": the advisory lock around schema creation/migration
 
 
 def _sqlite_engine(url: str, *, immediate: bool) -> Engine:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import time
 from typing import Any
 
 from memgauge.profilers.host import MALLOC_ENV
+from memgauge.workloads import distributed
 
 STDERR_TAIL = 4096
 KILL_GRACE_S = 2.0
@@ -56,6 +58,14 @@ def current_worker() -> subprocess.Popen | None:
     return _current
 
 
+def kill_current() -> None:
+    """End the running worker, its process group and (torchrun cells) every rank below it."""
+    proc = _current
+    if proc is None:
+        return
+    distributed.kill_tree(proc.pid)
+
+
 def run_isolated(cell: dict[str, Any], *, timeout_s: float | None = None,
                  python: str | None = None) -> dict[str, Any]:
     """Run one cell; always returns a result dict with a status, whatever the worker did."""
@@ -63,12 +73,22 @@ def run_isolated(cell: dict[str, Any], *, timeout_s: float | None = None,
     from memgauge.workloads.worker import _empty_result
 
     timeout_s = timeout_s if timeout_s is not None else float(cell.get("timeout_s", 600))
+    nproc = distributed.world_size(cell)
+    env = worker_env(cell)
+    cmd = [python or sys.executable, "-m", "memgauge.workloads.worker"]
+    rank_dir = None
+    if nproc > 1:  # torchrun starts the ranks; each reads the cell from a file
+        rank_dir = tempfile.mkdtemp(prefix="memgauge-ranks-")
+        with open(os.path.join(rank_dir, "cell.json"), "w") as f:
+            json.dump(cell, f)
+        env[distributed.CELL_FILE_ENV] = os.path.join(rank_dir, "cell.json")
+        env[distributed.RANK_DIR_ENV] = rank_dir
+        cmd = distributed.launch_command(python or sys.executable, nproc)
     with tempfile.TemporaryFile() as out, tempfile.NamedTemporaryFile(
             "w+b", suffix=".stderr", delete=False) as err:
         t0 = time.time()
         proc = subprocess.Popen(
-            [python or sys.executable, "-m", "memgauge.workloads.worker"],
-            stdin=subprocess.PIPE, stdout=out, stderr=err, env=worker_env(cell),
+            cmd, stdin=subprocess.PIPE, stdout=out, stderr=err, env=env,
             start_new_session=True,  # its own process group: a timeout kills children too
         )
         _current = proc
@@ -83,6 +103,8 @@ def run_isolated(cell: dict[str, Any], *, timeout_s: float | None = None,
                 timed_out = False
             except subprocess.TimeoutExpired:
                 timed_out = True
+                if rank_dir:  # torchrun puts each rank in its own session: end the whole tree
+                    distributed.kill_tree(proc.pid)
                 _kill_group(proc, signal.SIGTERM)
                 try:
                     proc.wait(timeout=KILL_GRACE_S)
@@ -99,6 +121,10 @@ def run_isolated(cell: dict[str, Any], *, timeout_s: float | None = None,
         stdout = out.read().decode("utf-8", "replace")
         stderr_tail = _tail(err.name)
     os.unlink(err.name)
+    rank_result = None
+    if rank_dir:
+        rank_result = distributed.read_rank_results(rank_dir)
+        shutil.rmtree(rank_dir, ignore_errors=True)
 
     result = None
     for line in reversed(stdout.strip().splitlines()):
@@ -113,6 +139,8 @@ def run_isolated(cell: dict[str, Any], *, timeout_s: float | None = None,
         result = _empty_result(cell)
         result["status"] = "timeout"
         result["error"] = f"no result within {timeout_s:g} s; process group killed"
+    elif result is None and rank_result is not None:
+        result = rank_result  # a rank failed before the gather and left its result
     elif result is None:
         result = _empty_result(cell)
         if rc < 0:
