@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import resource
+import signal
 import sys
 import time
 import traceback
@@ -45,8 +46,9 @@ def _is_oom(exc: BaseException) -> bool:
             or "DefaultCPUAllocator" in msg)
 
 
-def _set_mem_limit(limit: int | None) -> None:
-    if limit:
+def _set_mem_limit(limit: int | None, device: str) -> None:
+    # CPU: an address-space limit; CUDA cells are limited on the device instead (see _run)
+    if limit and not str(device).startswith("cuda"):
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
@@ -206,6 +208,10 @@ def _run(cell_dict: dict[str, Any], result: dict[str, Any]) -> None:
 
     torch.manual_seed(cell.seed)
     dev = _device(cell)
+    if dev.type == "cuda" and cell.mem_limit:
+        # the GPU analogue of the CPU address-space limit (RELIABILITY F3)
+        total = torch.cuda.get_device_properties(dev).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cell.mem_limit / total), dev)
     wl = build_workload(cell, techniques, dev)
     _check_shape(cell, wl.spec)
 
@@ -317,6 +323,8 @@ def _run(cell_dict: dict[str, Any], result: dict[str, Any]) -> None:
         quiesce()
         tracker = BreakdownTracker(dev.type)
         tracker.register_existing(wl.model, wl.optimizer)
+        for category, tensors in getattr(wl, "resizable_storages", dict)().items():
+            tracker.watch_resizable(tensors, category)  # FSDP2's gathered parameters
         wl.cache_observer = lambda c: tracker.label(cache_tensors(c), "kv_cache")
         with tracker:
             step(next_i)
@@ -367,14 +375,45 @@ def _run(cell_dict: dict[str, Any], result: dict[str, Any]) -> None:
         result["prediction"]["analytic_peak"] = est["peak"]
     except Exception as exc:  # noqa: BLE001 - a failed prediction must not lose the measurement
         result["notes"].append(f"analytic estimate failed: {type(exc).__name__}: {exc}")
+    # traced after every measured pass: fake tensors allocate nothing the passes could see
+    if os.environ.get("MEMGAUGE_TRACE", "1") != "0":
+        try:
+            from memgauge.estimate.traced import try_trace
+
+            traced, why = try_trace(cell)
+            if traced is not None:
+                result["prediction"]["traced"] = traced["breakdown"]
+                result["prediction"]["traced_peak"] = traced["peak"]
+                result["prediction"]["traced_s"] = traced["seconds"]
+            else:
+                result["notes"].append(f"traced estimate unavailable: {why}")
+        except Exception as exc:  # noqa: BLE001 - a failed prediction must not lose the measurement
+            result["notes"].append(f"traced estimate failed: {type(exc).__name__}: {exc}")
     result["status"] = "ok"
 
 
+def _die_with_parent() -> None:
+    """If the orchestrator is killed (kill -9), the worker must not live on as an orphan."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: nothing to do
+        pass
+
+
 def main() -> int:
+    _die_with_parent()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s worker %(levelname)s %(message)s")
-    cell = json.loads(sys.stdin.read())
-    _set_mem_limit(cell.get("mem_limit"))
+    from memgauge.workloads import distributed
+
+    # torchrun-launched ranks cannot share one stdin: the cell comes in a file
+    cell_file = os.environ.get(distributed.CELL_FILE_ENV)
+    cell = json.loads(open(cell_file).read() if cell_file else sys.stdin.read())
+    _set_mem_limit(cell.get("mem_limit"), cell.get("device", "cpu"))
     threads = os.environ.get("MEMGAUGE_THREADS")
     t0 = time.time()
     with _quiet():
@@ -382,7 +421,12 @@ def main() -> int:
 
         if threads:
             torch.set_num_threads(int(threads))
-        result = run_cell(cell)
+        if distributed.launched():  # every rank measures itself; rank 0 prints the merge
+            result = distributed.run_ranked(cell, run_cell)
+            if result is None:
+                return 0
+        else:
+            result = run_cell(cell)
     result["wall_s"] = round(time.time() - t0, 3)
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()

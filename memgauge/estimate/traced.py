@@ -1,0 +1,308 @@
+"""Traced memory estimate: the worker's real step, run on fake tensors.
+
+The model is built, the techniques applied and the step run exactly as the worker does
+(memgauge.workloads.worker.build_workload, each technique's before_build/apply,
+memgauge.workloads.steps.make_step), but inside `torch._subclasses.fake_tensor.FakeTensorMode`:
+every tensor has a shape, a dtype, a device and a storage size, and none has data.  The storage
+tracker that measures real steps (memgauge.profilers.breakdown.BreakdownTracker) runs on top, so
+the estimate is the same bytes-by-category-at-the-peak as a measured breakdown.  Nothing the size
+of the model is allocated: a Llama-3-8B training step is traced in a few hundred MiB of host
+memory (benchmarks/bench_estimate.py measures it).
+
+What fake tensors cannot know, and how it is handled:
+- values: `.item()` / `float(loss)` / `if tensor:` ask for data.  The tracker answers 1 (True for
+  booleans): no shape in the step depends on a value, and 1 keeps Adam's bias correction finite.
+- data-dependent choices of transformers: its mask code treats fake tensors as "tracing" and then
+  builds a full causal mask and repeats K/V for SDPA, which the real run does not (no padding:
+  `is_causal` and SDPA's own GQA).  While tracing, the check ignores fakeness (scoped, restored).
+- library ops: torchao's tensor subclasses and bitsandbytes' ops have fake kernels and trace;
+  a fake kernel makes only the outputs, so where a library's CPU kernel is Python over torch ops
+  with large temporaries (bitsandbytes' 8-bit optimizer update) that kernel is run under the
+  mode instead (`_python_cpu_kernel`).  Anything that needs real data or pointers makes the
+  trace fail, and the estimate is `None` with the reason (`TraceUnsupported`).
+- the worker's own tensors: two fixed input batches on the device and the quality pass's
+  held-out tokens on the host are alive while it measures, so they are here too.
+
+CUDA: where CUDA is available a cuda cell is traced on cuda (allocations rounded to the caching
+allocator's 512-byte blocks).  On a CPU-only build a cuda cell is traced on CPU and the result
+says which CUDA effects are not modelled (CUDA_NOT_MODELLED).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import time
+import warnings
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from memgauge.profilers.breakdown import BreakdownTracker, cache_tensors
+
+# What a CPU trace of a CUDA cell leaves out (stated with every such estimate).
+CUDA_NOT_MODELLED = (
+    "traced on CPU (no CUDA in this PyTorch): not modelled are the CUDA attention backend "
+    "(flash / memory-efficient / cuDNN choose their own workspaces and saved tensors), the "
+    "caching allocator's rounding, fragmentation and reserved-but-unused memory, the CUDA "
+    "context (~300-600 MiB outside PyTorch's allocator), and cuBLAS/cuDNN workspaces"
+)
+CUDA_TRACED_NOT_MODELLED = (
+    "traced on fake CUDA tensors: allocations rounded to 512-byte blocks; fragmentation, "
+    "reserved-but-unused memory, the CUDA context and cuBLAS workspaces are not modelled"
+)
+_CUDA_BLOCK = 512  # the caching allocator rounds every allocation up to 512 bytes
+
+
+class TraceUnsupported(Exception):
+    """The cell cannot be traced (a technique or kernel needs real data); the message says why."""
+
+
+class FakeBreakdownTracker(BreakdownTracker):
+    """BreakdownTracker over the fake tensors of one FakeTensorMode.
+
+    Differences from the real-mode tracker, and why:
+    - only this mode's fake tensors are counted: real tensors elsewhere in the process (a test
+      runner's, a parent's) are not part of the traced step;
+    - `_local_scalar_dense` (`.item()`, `float()`, `bool()`) is answered without data;
+    - on cuda, sizes are rounded up to the caching allocator's block (max_memory_allocated
+      counts rounded blocks);
+    - the op that set the peak, and whether it ran in backward, are kept (where the peak is).
+    """
+
+    def __init__(self, fake_mode: FakeTensorMode, device_type: str):
+        super().__init__(device_type)
+        self.fake_mode = fake_mode
+        self.peak_op = ""
+        self.peak_in_backward = False
+        self.phase = "forward"
+
+    def _track_tensor(self, t: torch.Tensor, category: str) -> None:
+        if not isinstance(t, FakeTensor) or t.fake_mode is not self.fake_mode:
+            return
+        super()._track_tensor(t, category)
+
+    def register_existing(
+        self, model: torch.nn.Module, optimizer: Any = None, extra: Any = None
+    ) -> None:
+        super().register_existing(model, optimizer, extra)
+        # memgauge.profilers.live.live_tensors skips fake tensors (they hold no memory in a real
+        # run); here they are the run: the inputs and whatever else the step keeps alive
+        with warnings.catch_warnings():  # isinstance() on some lazy module objects warns
+            warnings.simplefilter("ignore")
+            for obj in gc.get_objects():
+                try:
+                    if isinstance(obj, FakeTensor) and obj.fake_mode is self.fake_mode:
+                        self._register_deep(obj, "other")
+                except ReferenceError:
+                    continue
+
+    def _track_storage(self, st: torch.UntypedStorage, key: int, category: str) -> None:
+        new = key not in self._recs
+        super()._track_storage(st, key, category)
+        rec = self._recs.get(key)
+        if new and rec is not None and self.device_type == "cuda":
+            extra = -(-rec.nbytes // _CUDA_BLOCK) * _CUDA_BLOCK - rec.nbytes
+            rec.nbytes += extra
+            self.total += extra
+            if self.total > self.peak:
+                self.peak, self.peak_seq = self.total, self._seq
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func is torch.ops.aten._local_scalar_dense.default:
+            dt = args[0].dtype
+            return True if dt == torch.bool else (1.0 if dt.is_floating_point else 1)
+        before = self.peak_seq
+        inner = _python_cpu_kernel(func) if self.device_type == "cpu" else None
+        if inner is not None:
+            # run the kernel's own torch ops under the fake mode, with this tracker back on the
+            # mode stack (a mode is off while it handles an op): its temporaries are seen
+            TorchDispatchMode.__enter__(self)
+            try:
+                out = inner(*args, **(kwargs or {}))
+            finally:
+                TorchDispatchMode.__exit__(self, None, None, None)
+        else:
+            out = super().__torch_dispatch__(func, types, args, kwargs)
+        if self.peak_seq != before:
+            self.peak_op = str(func.overloadpacket.__name__)
+            self.peak_in_backward = torch._C._current_autograd_node() is not None
+        return out
+
+
+def _python_cpu_kernel(func: Any) -> Any:
+    """The CPU kernel of a library op written in Python over torch ops, or None.
+
+    A fake kernel only makes the outputs, so temporaries inside the real kernel are invisible;
+    bitsandbytes' 8-bit optimizer update on CPU dequantizes both states to fp32 per tensor
+    (about five parameter-sized fp32 temporaries), which sets a small model's peak."""
+    name = getattr(func, "name", lambda: "")()
+    if name == "bitsandbytes::optimizer_update_8bit_blockwise":
+        try:
+            from bitsandbytes.backends.cpu.ops import _optimizer_update_8bit_blockwise_cpu
+        except ImportError:
+            return None
+        return _optimizer_update_8bit_blockwise_cpu
+    return None
+
+
+@contextlib.contextmanager
+def _real_mask_decisions() -> Iterator[None]:
+    """While tracing, transformers' mask code must take the branch the real run takes.
+
+    `transformers.masking_utils.is_tracing(t)` is True for fake tensors, and then the causal
+    mask is never skipped (a (B, 1, T, T) mask is built and SDPA's GQA is not used).  The real
+    run has no padding and skips it, so during the trace the check ignores fakeness (dynamo,
+    jit and stream-capture checks stay).  Restored on exit."""
+    try:
+        import transformers.masking_utils as mu
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        yield
+        return
+    orig = getattr(mu, "is_tracing", None)
+    if orig is None:
+        yield
+        return
+    mu.is_tracing = lambda tensor=None: orig(None)
+    try:
+        yield
+    finally:
+        mu.is_tracing = orig
+
+
+def _strong_memo(fake: FakeTensorMode) -> None:
+    """Keep the converter's memo of fake tensors with strong references.
+
+    `nn.Parameter(fake)` memoises the parameter in a WeakValueDictionary, and a fake tensor with
+    a weak reference cannot be swapped by `Module._apply` (`.to()` of a module built under the
+    mode: peft moves its adapters that way).  Memo ids are never reused, so strong references
+    are safe while the model is built; `_weak_memo` ends it before the step, so that tensors the
+    build replaced are freed and not counted."""
+    conv = getattr(getattr(fake, "fake_tensor_converter", None), "meta_converter", None)
+    if conv is not None and hasattr(conv, "tensor_memo"):
+        conv.tensor_memo = {}
+
+
+def _weak_memo(fake: FakeTensorMode) -> None:
+    conv = getattr(getattr(fake, "fake_tensor_converter", None), "meta_converter", None)
+    if conv is not None and hasattr(conv, "tensor_memo"):
+        conv.tensor_memo = weakref.WeakValueDictionary()
+
+
+def _why(exc: BaseException) -> str:
+    from torch._subclasses.fake_tensor import DataDependentOutputException
+
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    if isinstance(exc, DataDependentOutputException):
+        return f"a library reads tensor values outside the step ({first})"
+    return f"{type(exc).__name__}: {first}"
+
+
+def _trace_device(cell: Any) -> tuple[torch.device, list[str]]:
+    dev = str(cell.device)
+    if dev.startswith("cuda"):
+        if torch.cuda.is_available():
+            return torch.device(dev), [CUDA_TRACED_NOT_MODELLED]
+        return torch.device("cpu"), [CUDA_NOT_MODELLED]
+    return torch.device("cpu"), []
+
+
+def trace_cell(cell: Any) -> dict[str, Any]:
+    """Trace one cell (memgauge.cell.Cell or its dict); returns
+    {'breakdown', 'peak', 'params', 'device', 'peak_op', 'peak_in_backward', 'notes', 'seconds'}.
+
+    Raises TraceUnsupported when the cell cannot run here or cannot be traced (the reason says
+    which technique or kernel)."""
+    from memgauge.cell import Cell
+    from memgauge.techniques import Unsupported, parse_techniques
+    from memgauge.workloads.data import synthetic_batch
+    from memgauge.workloads.steps import make_step
+    from memgauge.workloads.worker import CellError, _check_shape, build_workload
+
+    if isinstance(cell, dict):
+        cell = Cell.from_dict(cell)
+    t0 = time.perf_counter()
+    techniques = parse_techniques(list(cell.techniques))
+    for t in techniques:
+        reason = t.unsupported_reason(mode=cell.mode, device=cell.device, dtype=cell.dtype)
+        if reason:
+            raise TraceUnsupported(reason)
+    dev, notes = _trace_device(cell)
+    fake = FakeTensorMode()
+    _strong_memo(fake)
+    stage = "build"
+    try:
+        with _real_mask_decisions():
+            with fake, FakeBreakdownTracker(fake, dev.type):  # answers .item() during the build
+                wl = build_workload(cell, techniques, dev)
+                _check_shape(cell, wl.spec)
+                stage = "apply techniques"
+                for t in techniques:
+                    t.apply(wl)
+                if cell.mode == "train":
+                    stage = "build the optimizer"
+                    wl.optimizer = wl.optimizer_factory(wl.trainable_parameters())
+            _weak_memo(fake)  # drop what the build replaced (peft's moved adapters)
+            params = {
+                "total": sum(p.numel() for p in {id(p): p for p in wl.model.parameters()}.values()),
+                "trainable": sum(p.numel() for p in wl.trainable_parameters()),
+            }
+            # what the worker keeps alive on the device while it measures: two fixed batches
+            # and, on the host, the held-out tokens of the quality pass (see worker._run)
+            data = [
+                fake.from_tensor(
+                    synthetic_batch(
+                        cell.batch, cell.seq_len, wl.spec.vocab, seed=cell.seed, step=i
+                    ).to(dev)
+                )
+                for i in range(2)
+            ]
+            held_out = fake.from_tensor(  # noqa: F841 - alive during the traced step on purpose
+                torch.zeros(min(cell.batch, 4), min(cell.seq_len, 128) + 1, dtype=torch.int64)
+            )
+            step = make_step(wl, lambda i: data[i % 2], cell.decode_tokens, None)
+            # one warm-up step: the measured step runs after warm-up, with optimizer state
+            # (created lazily by the first step) already alive and no gradients
+            stage = "warm-up step"
+            with fake, FakeBreakdownTracker(fake, dev.type):
+                step(0)
+            if wl.optimizer is not None and not wl.fused_optimizer_step:
+                wl.optimizer.zero_grad(set_to_none=True)
+            wl.last_cache = None
+            stage = "traced step"
+            tracker = FakeBreakdownTracker(fake, dev.type)
+            tracker.register_existing(wl.model, wl.optimizer)
+            wl.cache_observer = lambda c: tracker.label(cache_tensors(c), "kv_cache")
+            with fake, tracker:
+                step(1)
+            tracker.relabel_after(wl.model, wl.optimizer, cache_tensors(wl.last_cache))
+    except (Unsupported, CellError) as exc:
+        raise TraceUnsupported(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - a kernel that needs data: say which, don't guess
+        names = "+".join(cell.techniques) or "baseline"
+        raise TraceUnsupported(
+            f"cannot trace {names} under FakeTensorMode ({stage}): {_why(exc)}"
+        ) from None
+    out = {
+        "breakdown": tracker.at_peak(),
+        "peak": int(tracker.peak),
+        "params": params,
+        "device": str(dev),
+        "peak_op": tracker.peak_op,
+        "peak_in_backward": tracker.peak_in_backward,
+        "notes": notes + list(wl.notes),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    return out
+
+
+def try_trace(cell: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """(trace, None) or (None, reason): for callers that store the reason beside a null."""
+    try:
+        return trace_cell(cell), None
+    except TraceUnsupported as exc:
+        return None, str(exc)
