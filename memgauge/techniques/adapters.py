@@ -64,7 +64,78 @@ class Lora(Technique):
         wl.model = get_peft_model(wl.hf_model, cfg)
 
     def analytic(self, est: Any) -> None:
-        trainable = sum(self.r * (d + k) for d, k in adapted_shapes(est.spec, self._targets(est.spec)))
-        est.param_bytes += trainable * est.e
+        shapes = adapted_shapes(est.spec, self._targets(est.spec))
+        trainable = sum(self.r * (d + k) for d, k in shapes)
+        # peft keeps adapter weights in fp32 on a 16-bit base (autocast_adapter_dtype)
+        est.adapter_bytes = 4
+        est.param_bytes += trainable * 4
+        est.grad_bytes_per_param = 4
+        est.opt_bytes_per_param = 8
         est.total_params += trainable
         est.trainable_params = trainable
+        est.largest_trainable_params = max(self.r * max(d, k) for d, k in shapes)
+        est.param_tensors = 2 * len(shapes)  # A and B
+        est.opt_extra_bytes = 4 * est.param_tensors  # AdamW's step per tensor
+        # the frozen base saves only what input gradients need (memgauge.estimate.analytic)
+        est.frozen_base = True
+        est.adapter_targets = self._targets(est.spec)
+        est.adapter_rank = self.r
+
+
+@register
+@dataclass(kw_only=True)
+class QLora(Technique):
+    """QLoRA (Dettmers et al. 2023): a 4-bit NF4 frozen base (bitsandbytes Linear4bit), LoRA
+    adapters on top, activation checkpointing; three techniques composed in one."""
+
+    r: int = 8
+    alpha: int = 16
+    targets: tuple[str, ...] = ()
+    quant_type: str = "nf4"
+    double_quant: bool = True
+    name: ClassVar[str] = "qlora"
+    family: ClassVar[str] = "adapters"
+    summary: ClassVar[str] = "QLoRA: NF4 base + LoRA adapters + activation checkpointing"
+    saves: ClassVar[tuple[str, ...]] = ("parameters", "gradients", "optimizer_state", "activations")
+    modes: ClassVar[tuple[str, ...]] = ("train",)
+    requires: ClassVar[tuple[str, ...]] = ("peft", "bitsandbytes")
+    conflicts: ClassVar[tuple[str, ...]] = ("lora", "checkpoint", "selective_checkpoint", "int8wo",
+                                            "int4wo", "bnb4bit", "fp8wo", "dynamic_int8")
+    order: ClassVar[int] = 40
+    __field_docs__: ClassVar[dict[str, str]] = {
+        "r": "adapter rank", "alpha": "scaling numerator (scale = alpha / r)",
+        "targets": "module names joined by + (default: q_proj+v_proj)",
+        "quant_type": "nf4 or fp4", "double_quant": "quantize the absmax constants too"}
+
+    def __post_init__(self) -> None:
+        Lora(r=self.r, alpha=self.alpha, targets=self.targets)  # same validation
+        if self.quant_type not in ("nf4", "fp4"):
+            raise ValueError(f"quant_type must be nf4 or fp4, got {self.quant_type!r}")
+
+    def apply(self, wl: Any) -> None:
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        from memgauge.techniques.base import Unsupported
+        from memgauge.techniques.quantization import quantize_bnb4
+
+        if wl.spec.family != "llama":
+            raise Unsupported("qlora: implemented for Llama-family models (GPT-2 uses Conv1D)")
+        targets = self.targets or _DEFAULT_TARGETS[wl.spec.family]
+        adapted_shapes(wl.spec, targets)
+        quantize_bnb4(wl, self.quant_type, self.double_quant, 64, include_head=False)
+        # peft only turns checkpointing on for models it sees as loaded in 4 bits
+        # (is_loaded_in_4bit); these were quantized here, so it is enabled explicitly below
+        model = prepare_model_for_kbit_training(wl.hf_model, use_gradient_checkpointing=False)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        cfg = LoraConfig(r=self.r, lora_alpha=self.alpha, target_modules=list(targets),
+                         lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+        wl.model = get_peft_model(model, cfg)
+
+    def analytic(self, est: Any) -> None:
+        from memgauge.techniques.quantization import Bnb4bit
+        from memgauge.techniques.recompute import ActivationCheckpointing
+
+        # the three parts' own formulas, in their application order
+        Bnb4bit(quant_type=self.quant_type, double_quant=self.double_quant).analytic(est)
+        Lora(r=self.r, alpha=self.alpha, targets=self.targets).analytic(est)
+        ActivationCheckpointing().analytic(est)

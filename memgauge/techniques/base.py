@@ -95,6 +95,12 @@ _BUILTIN_MODULES = (
     "memgauge.techniques.adapters",
     "memgauge.techniques.optimizers",
     "memgauge.techniques.sharing",
+    "memgauge.techniques.sharding",
+    "memgauge.techniques.pruning",
+    "memgauge.techniques.attention",
+    "memgauge.techniques.kvcache",
+    "memgauge.techniques.batching",
+    "memgauge.techniques.loss",
 )
 
 

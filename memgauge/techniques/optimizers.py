@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from memgauge.techniques.base import Technique, register
+from memgauge.techniques.base import Technique, Unsupported, register
 
 
 @register
@@ -33,5 +34,285 @@ class AdamW8bit(Technique):
         wl.optimizer_factory = lambda params: bnb.optim.AdamW8bit(params, lr=self.lr)
 
     def analytic(self, est: Any) -> None:
-        # two uint8 states + one fp32 absmax per 256-element block each (bitsandbytes' blocksize)
+        # two uint8 states + one fp32 absmax per 256-element block each (bitsandbytes' blocksize);
+        # tensors under 4096 elements (min_8bit_size: norms, small adapters) keep 32-bit states
+        small = _small_tensor_params(est)
         est.opt_bytes_per_param = 2 + 2 * 4 / 256
+        # + the two 256-entry fp32 quantization maps the optimizer shares
+        est.opt_extra_bytes = small * (8 - est.opt_bytes_per_param) + 2 * 256 * 4
+        if est.device.startswith("cuda"):
+            # one fused kernel per tensor: no parameter-sized temporaries
+            est.opt_step_temp_factor = 0.0
+        else:
+            # the CPU kernel dequantizes both states and the gradient to fp32 and makes sqrt and
+            # its quotient: five fp32 copies of the tensor (a sixth for a 16-bit parameter)
+            fp32_copies = 5 + (1 if est.grad_bytes_per_param != 4 else 0)
+            est.opt_step_temp_factor = fp32_copies * 4 / est.grad_bytes_per_param
+
+
+def _small_tensor_params(est: Any) -> int:
+    """Elements in trainable tensors smaller than bitsandbytes' min_8bit_size (4096)."""
+    s = est.spec
+    if est.frozen_base:
+        return 0
+    if s.family == "llama":
+        return (2 * s.layers + 1) * s.hidden if s.hidden < 4096 else 0
+    small = (4 * s.layers + 2) * s.hidden if s.hidden < 4096 else 0  # LayerNorm weights/biases
+    small += s.layers * (3 * s.hidden + s.hidden + s.ffn + s.hidden) if s.hidden < 4096 else 0
+    return small
+
+
+_OPTIMIZERS = ("adamw8bit", "ao_adamw8bit", "ao_adamw4bit", "adafactor", "sgd")
+
+
+def _check_lr(lr: float) -> None:
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+
+
+def param_shapes(spec: Any) -> list[tuple[int, ...]]:
+    """Shapes of every parameter of a Llama/GPT-2 spec (tied weights once), for optimizers whose
+    state depends on the shape (Adafactor's factored moments, blockwise quantizers' floors)."""
+    h, f, L, V = spec.hidden, spec.ffn, spec.layers, spec.vocab
+    out: list[tuple[int, ...]] = [(V, h)]
+    if spec.family == "llama":
+        kv = spec.kv_heads * spec.head_dim
+        layer = [(h, h), (kv, h), (kv, h), (h, h), (f, h), (f, h), (h, f), (h,), (h,)]
+        out += layer * L + [(h,)]
+    else:
+        layer = [(h, 3 * h), (3 * h,), (h, h), (h,), (h, f), (f,), (f, h), (h,), (h,), (h,),
+                 (h,), (h,)]
+        out += layer * L + [(h,), (h,), (spec.max_pos, h)]
+    if not spec.tie:
+        out.append((V, h))
+    return out
+
+
+def _set_state_bytes(est: Any, total_bytes: float, what: str) -> None:
+    """Optimizer state of the whole model's shapes, as bytes/param (per-tensor extras included)."""
+    if est.trainable_params != est.total_params:
+        est.notes.append(f"{what}: state modelled for the full model's shapes; the trainable "
+                         "subset (adapters) is approximated per parameter")
+    full = sum(math.prod(s) for s in param_shapes(est.spec))
+    est.opt_bytes_per_param = total_bytes / full if full else 0.0
+    est.opt_extra_bytes = 0.0
+
+
+class EagerUnderDispatchMode:
+    """torchao's optimizers torch.compile their step (fullgraph), which cannot trace while a
+    Python TorchDispatchMode (the breakdown tracker) is active; step eagerly then.  The state
+    bytes are the same either way."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    def step(self, closure: Any = None) -> Any:
+        import torch
+        from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+        if _get_current_dispatch_mode() is not None:
+            with torch.compiler.set_stance("force_eager"):
+                return self.inner.step(closure)
+        return self.inner.step(closure)
+
+    def __getattr__(self, name: str) -> Any:  # state, param_groups, zero_grad, ...
+        return getattr(self.inner, name)
+
+
+@register
+@dataclass(kw_only=True)
+class TorchaoAdamW8bit(Technique):
+    """torchao.optim.AdamW8bit: block-wise (256) 8-bit moments; tensors under 4096 elements keep
+    fp32 state."""
+
+    lr: float = 1e-3
+    name: ClassVar[str] = "ao_adamw8bit"
+    family: ClassVar[str] = "optimizer"
+    summary: ClassVar[str] = "8-bit AdamW (torchao.optim): ~2.03 B/param of state"
+    saves: ClassVar[tuple[str, ...]] = ("optimizer_state",)
+    modes: ClassVar[tuple[str, ...]] = ("train",)
+    requires: ClassVar[tuple[str, ...]] = ("torchao",)
+    conflicts: ClassVar[tuple[str, ...]] = tuple(n for n in _OPTIMIZERS if n != "ao_adamw8bit")
+    order: ClassVar[int] = 60
+    __field_docs__: ClassVar[dict[str, str]] = {"lr": "learning rate"}
+    bits: ClassVar[int] = 8
+    block: ClassVar[int] = 256
+
+    def __post_init__(self) -> None:
+        _check_lr(self.lr)
+
+    def apply(self, wl: Any) -> None:
+        from torchao.optim import AdamW4bit, AdamW8bit
+
+        cls = AdamW8bit if self.bits == 8 else AdamW4bit
+        wl.optimizer_factory = lambda params: EagerUnderDispatchMode(cls(params, lr=self.lr))
+        if wl.device.type == "cpu":
+            wl.notes.append(f"{self.name}: torch.compile'd step (inductor C++ on CPU); the "
+                            "breakdown pass runs it eagerly (compile cannot trace under the "
+                            "tensor tracker)")
+
+    def analytic(self, est: Any) -> None:
+        total = 0.0
+        for s in param_shapes(est.spec):
+            n = math.prod(s)
+            if n >= 4096:  # torchao's min_quant_size
+                # two quantized moments + one fp32 scale per block each
+                total += 2 * n * self.bits / 8 + 2 * math.ceil(n / self.block) * 4
+            else:
+                total += 2 * n * 4
+        _set_state_bytes(est, total, self.name)
+
+
+@register
+@dataclass(kw_only=True)
+class TorchaoAdamW4bit(TorchaoAdamW8bit):
+    """torchao.optim.AdamW4bit: block-wise (128) 4-bit moments (Li et al. 2023)."""
+
+    name: ClassVar[str] = "ao_adamw4bit"
+    summary: ClassVar[str] = "4-bit AdamW (torchao.optim): ~1.06 B/param of state"
+    conflicts: ClassVar[tuple[str, ...]] = tuple(n for n in _OPTIMIZERS if n != "ao_adamw4bit")
+    bits: ClassVar[int] = 4
+    block: ClassVar[int] = 128
+
+
+@register
+@dataclass(kw_only=True)
+class Adafactor(Technique):
+    """torch.optim.Adafactor: factored second moment (row and column statistics, n + m per n×m
+    matrix), no first moment (Shazeer & Stern 2018)."""
+
+    lr: float = 1e-2
+    name: ClassVar[str] = "adafactor"
+    family: ClassVar[str] = "optimizer"
+    summary: ClassVar[str] = "Adafactor: (n+m)·4 bytes of state per n×m matrix"
+    saves: ClassVar[tuple[str, ...]] = ("optimizer_state",)
+    modes: ClassVar[tuple[str, ...]] = ("train",)
+    conflicts: ClassVar[tuple[str, ...]] = tuple(n for n in _OPTIMIZERS if n != "adafactor")
+    order: ClassVar[int] = 60
+    __field_docs__: ClassVar[dict[str, str]] = {"lr": "learning rate"}
+
+    def __post_init__(self) -> None:
+        _check_lr(self.lr)
+
+    def apply(self, wl: Any) -> None:
+        import torch
+
+        if not hasattr(torch.optim, "Adafactor"):
+            raise Unsupported("adafactor needs torch.optim.Adafactor (torch >= 2.5)")
+        wl.optimizer_factory = lambda params: torch.optim.Adafactor(params, lr=self.lr,
+                                                                     foreach=False)
+
+    def analytic(self, est: Any) -> None:
+        total = 0.0
+        for s in param_shapes(est.spec):
+            # matrices: row (n) + column (m) variance; vectors: a full variance; + a step scalar
+            total += (s[0] + s[1]) * 4 if len(s) == 2 else s[0] * 4
+            total += 4
+        _set_state_bytes(est, total, self.name)
+
+
+@register
+@dataclass(kw_only=True)
+class Sgd(Technique):
+    """torch.optim.SGD: no state without momentum, one buffer per parameter with it."""
+
+    lr: float = 1e-2
+    momentum: float = 0.0
+    name: ClassVar[str] = "sgd"
+    family: ClassVar[str] = "optimizer"
+    summary: ClassVar[str] = "SGD: 0 B/param of state (e B/param with momentum)"
+    saves: ClassVar[tuple[str, ...]] = ("optimizer_state",)
+    modes: ClassVar[tuple[str, ...]] = ("train",)
+    conflicts: ClassVar[tuple[str, ...]] = tuple(n for n in _OPTIMIZERS if n != "sgd")
+    order: ClassVar[int] = 60
+    __field_docs__: ClassVar[dict[str, str]] = {"lr": "learning rate",
+                                                "momentum": "momentum (0 = none: no state)"}
+
+    def __post_init__(self) -> None:
+        _check_lr(self.lr)
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+
+    def apply(self, wl: Any) -> None:
+        import torch
+
+        wl.optimizer_factory = lambda params: torch.optim.SGD(params, lr=self.lr,
+                                                               momentum=self.momentum,
+                                                               foreach=False)
+
+    def analytic(self, est: Any) -> None:
+        # the momentum buffer has the parameter's dtype; no step counter; updates are in place
+        est.opt_bytes_per_param = est.grad_bytes_per_param if self.momentum else 0.0
+        est.opt_extra_bytes = 0.0
+        est.opt_step_temp_factor = 0.0
+
+
+class PerParameterOptimizer:
+    """One inner optimizer per parameter, stepped from that parameter's
+    post-accumulate-grad hook, after which its gradient is freed: at most one parameter's
+    gradient is alive at a time (torchtune's "optimizer in backward")."""
+
+    def __init__(self, params: list[Any], factory: Any):
+        self.optimizers = {p: factory([p]) for p in params}
+        self._hooks = []
+        for p, opt in self.optimizers.items():
+            def hook(param: Any, opt: Any = opt) -> None:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+            self._hooks.append(p.register_post_accumulate_grad_hook(hook))
+
+    @property
+    def state(self) -> dict[Any, Any]:
+        merged: dict[Any, Any] = {}
+        for opt in self.optimizers.values():
+            merged.update(opt.state)
+        return merged
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [g for opt in self.optimizers.values() for g in opt.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure: Any = None) -> None:
+        """Nothing to do: each parameter stepped during backward."""
+
+    def remove_hooks(self) -> None:
+        for h in self._hooks:
+            h.remove()
+
+
+@register
+@dataclass(kw_only=True)
+class OptimizerInBackward(Technique):
+    """Fuse the optimizer step into backward: each parameter is updated as soon as its gradient
+    is ready, and the gradient is freed, so gradients never all exist at once."""
+
+    name: ClassVar[str] = "optimizer_in_backward"
+    family: ClassVar[str] = "optimizer"
+    summary: ClassVar[str] = "optimizer step fused into backward (per-parameter hooks): frees gradients"
+    saves: ClassVar[tuple[str, ...]] = ("gradients",)
+    modes: ClassVar[tuple[str, ...]] = ("train",)
+    # micro-batches would step once per micro-batch instead of once per global batch
+    conflicts: ClassVar[tuple[str, ...]] = ("grad_accum",)
+    order: ClassVar[int] = 70  # after the optimizer choice, which it wraps
+
+    def apply(self, wl: Any) -> None:
+        import torch
+
+        if not hasattr(torch.Tensor, "register_post_accumulate_grad_hook"):
+            raise Unsupported("optimizer_in_backward needs Tensor.register_post_accumulate_grad_hook")
+        inner = wl.optimizer_factory
+        wl.optimizer_factory = lambda params: PerParameterOptimizer(params, inner)
+        wl.fused_optimizer_step = True
+
+    def analytic(self, est: Any) -> None:
+        # each gradient is freed once its parameter is stepped: at most about one parameter's
+        # gradient is alive; modelled as all gradients shrinking to the largest one's bytes
+        largest = est.largest_trainable_params or max(math.prod(s) for s in param_shapes(est.spec))
+        if est.trainable_params:
+            est.grad_bytes_per_param *= min(1.0, largest / est.trainable_params)
+        est.notes.append("optimizer_in_backward: one parameter's gradient alive at a time")

@@ -3,6 +3,7 @@ prompt, no grad, builds the KV cache) and decode (greedy generation with a KV ca
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +38,17 @@ def train_step(wl: Workload, tokens: torch.Tensor) -> float:
     return total
 
 
+def _cache_kw(wl: Workload) -> str:
+    """transformers renamed `past_key_values` to `cache` (5.2x); support both."""
+    params = inspect.signature(wl.hf_model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _out_cache(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
 def _observe(wl: Workload, cache: Any) -> None:
     if wl.cache_observer is not None:
         wl.cache_observer(cache)
@@ -48,9 +60,9 @@ def prefill_step(wl: Workload, tokens: torch.Tensor) -> Any:
     ids = tokens[:, :-1]
     cache = wl.cache_factory(ids.shape[1]) if wl.cache_factory else None
     with wl.autocast():
-        out = wl.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-    _observe(wl, out.past_key_values)
-    wl.last_cache = out.past_key_values
+        out = wl.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{_cache_kw(wl): cache})
+    _observe(wl, _out_cache(out))
+    wl.last_cache = _out_cache(out)
     return out.logits
 
 
@@ -65,8 +77,9 @@ def decode_step(wl: Workload, tokens: torch.Tensor, new_tokens: int,
         from transformers import DynamicCache
 
         cache = DynamicCache()
+    kw = _cache_kw(wl)
     with wl.autocast():
-        out = wl.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = wl.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{kw: cache})
     _observe(wl, cache)
     nxt = out.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
     generated = [nxt]
@@ -74,7 +87,7 @@ def decode_step(wl: Workload, tokens: torch.Tensor, new_tokens: int,
     for _ in range(new_tokens - 1):
         t0 = time.perf_counter()
         with wl.autocast():
-            out = wl.model(input_ids=nxt, past_key_values=cache, use_cache=True)
+            out = wl.model(input_ids=nxt, use_cache=True, **{kw: cache})
         _observe(wl, cache)
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)
         sync(wl.device)

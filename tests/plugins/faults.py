@@ -39,7 +39,11 @@ class Fault(Technique):
             os._exit(7)
         if self.kind == "hang":
             # a child that hangs too: the whole process group must be killed
-            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+            pidfile = os.environ.get("MEMGAUGE_TEST_PIDFILE")
+            if pidfile:
+                with open(pidfile, "w") as f:
+                    f.write(f"{os.getpid()} {child.pid}")
             time.sleep(3600)
         if self.kind == "oom":
             import torch
