@@ -23,15 +23,21 @@ def main(argv: list[str] | None = None) -> int:
     index = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "benchmarks": []}
     failed = 0
     for path in sorted(HERE.glob("bench_*.py")):
-        name = path.stem[len("bench_"):]
+        name = path.stem[len("bench_") :]
         if args.only and name not in args.only:
             continue
         dest = out.parent / f"bench_{name}.json"
         t0 = time.time()
         rc = subprocess.call([sys.executable, "-m", f"benchmarks.{path.stem}", "--out", str(dest)])
         failed += rc != 0
-        index["benchmarks"].append({"name": name, "exit_code": rc, "file": str(dest),
-                                    "seconds": round(time.time() - t0, 1)})
+        index["benchmarks"].append(
+            {
+                "name": name,
+                "exit_code": rc,
+                "file": str(dest),
+                "seconds": round(time.time() - t0, 1),
+            }
+        )
         print(f"bench {name}: exit {rc} in {time.time() - t0:.0f} s -> {dest}", file=sys.stderr)
     out.write_text(json.dumps(index, indent=2))
     return 1 if failed else 0

@@ -46,10 +46,17 @@ class Cell:
 
     def key_fields(self) -> dict[str, Any]:
         return {
-            "model": self.model, "mode": self.mode, "techniques": sorted(self.techniques),
-            "batch": self.batch, "seq_len": self.seq_len, "dtype": self.dtype,
-            "device": self.device, "steps": self.steps, "decode_tokens": self.decode_tokens,
-            "quality_steps": self.quality_steps, "seed": self.seed,
+            "model": self.model,
+            "mode": self.mode,
+            "techniques": sorted(self.techniques),
+            "batch": self.batch,
+            "seq_len": self.seq_len,
+            "dtype": self.dtype,
+            "device": self.device,
+            "steps": self.steps,
+            "decode_tokens": self.decode_tokens,
+            "quality_steps": self.quality_steps,
+            "seed": self.seed,
         }
 
     @property

@@ -32,12 +32,23 @@ def _cell_from_args(args: argparse.Namespace) -> Any:
     from memgauge.suite import SuiteError, resolve_device, validate_cell
 
     device = resolve_device(args.device)
-    cell = Cell(model=args.model, mode=args.mode, techniques=list(args.technique or []),
-                batch=args.batch, seq_len=args.seq, dtype=args.dtype, device=device,
-                steps=args.steps, warmup=args.warmup, decode_tokens=args.decode_tokens,
-                quality_steps=args.quality_steps, seed=args.seed, timeout_s=args.timeout,
-                mem_limit=_bytes_or_none(getattr(args, "mem_limit", None)),
-                breakdown=not getattr(args, "no_breakdown", False))
+    cell = Cell(
+        model=args.model,
+        mode=args.mode,
+        techniques=list(args.technique or []),
+        batch=args.batch,
+        seq_len=args.seq,
+        dtype=args.dtype,
+        device=device,
+        steps=args.steps,
+        warmup=args.warmup,
+        decode_tokens=args.decode_tokens,
+        quality_steps=args.quality_steps,
+        seed=args.seed,
+        timeout_s=args.timeout,
+        mem_limit=_bytes_or_none(getattr(args, "mem_limit", None)),
+        breakdown=not getattr(args, "no_breakdown", False),
+    )
     problems: list[str] = []
     ok = validate_cell(cell, problems, "cell")
     if ok is None:
@@ -66,20 +77,44 @@ def cmd_run(args: argparse.Namespace) -> int:
         from memgauge.sweep import run_sweep
 
         # stored as a one-cell run (the result is reused, not re-measured)
-        run_sweep([cell], store=store, suite="run", kind="run", runner=lambda _c: result,
-                  progress=False)
-    out = {k: result.get(k) for k in ("schema_version", "cell", "status", "error", "params",
-                                      "memory", "timing", "quality", "prediction", "env")}
+        run_sweep(
+            [cell], store=store, suite="run", kind="run", runner=lambda _c: result, progress=False
+        )
+    out = {
+        k: result.get(k)
+        for k in (
+            "schema_version",
+            "cell",
+            "status",
+            "error",
+            "params",
+            "memory",
+            "timing",
+            "quality",
+            "prediction",
+            "env",
+        )
+    }
     if args.json:
         sys.stdout.write(json.dumps(out, default=str) + "\n")
     else:
         m, t = out["memory"] or {}, out["timing"] or {}
-        print(f"{cell.label()}: {result['status']}" + (f" ({result['error']})" if result.get("error") else ""))
+        print(
+            f"{cell.label()}: {result['status']}"
+            + (f" ({result['error']})" if result.get("error") else "")
+        )
         if result["status"] == "ok":
-            print(f"  peak allocated  {fmt_bytes(m.get('peak_allocated'))}   host peak {fmt_bytes(m.get('host_peak'))}")
+            print(
+                f"  peak allocated  {fmt_bytes(m.get('peak_allocated'))}   host peak {fmt_bytes(m.get('host_peak'))}"
+            )
             if m.get("breakdown"):
-                print("  at the peak     " + ", ".join(f"{k} {fmt_bytes(v)}" for k, v in m["breakdown"].items() if v))
-            print(f"  step p50        {t.get('step_ms_p50') or 0:.2f} ms   {t.get('tokens_per_s') or 0:.0f} tokens/s")
+                print(
+                    "  at the peak     "
+                    + ", ".join(f"{k} {fmt_bytes(v)}" for k, v in m["breakdown"].items() if v)
+                )
+            print(
+                f"  step p50        {t.get('step_ms_p50') or 0:.2f} ms   {t.get('tokens_per_s') or 0:.0f} tokens/s"
+            )
             p = out["prediction"] or {}
             print(f"  analytic peak   {fmt_bytes(p.get('analytic_peak'))}")
     return 0 if result["status"] in ("ok", "unsupported") else 1
@@ -99,8 +134,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     name, data = load_suite(args.suite)
     size = count_cells(data)  # before validating: a 10**6-cell suite must not be expanded
     if size > MAX_CELLS_WITHOUT_YES and not args.yes:
-        return _die(f"suite {name} expands to {size:,} cells (more than "
-                    f"{MAX_CELLS_WITHOUT_YES}); pass --yes to run them all")
+        return _die(
+            f"suite {name} expands to {size:,} cells (more than "
+            f"{MAX_CELLS_WITHOUT_YES}); pass --yes to run them all"
+        )
     all_cells = expand_suite(data)
     cells = order_cells(shard_cells(all_cells, args.shard))
     if args.run_id and args.resume:
@@ -110,19 +147,27 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     device_memory = _bytes_or_none(args.device_memory or data.get("device_memory"))
     sys.stderr.write(f"suite {name}: {len(cells)} cells -> store {store.safe_url}\n")
     try:
-        outcome = run_sweep(cells, store=store, suite=name, resume=args.resume,
-                            config={"suite": name, "shard": args.shard,
-                                    "device_memory": device_memory},
-                            progress=not args.quiet, run_id=args.run_id,
-                            cells_planned=len(all_cells), device_memory=device_memory,
-                            skip_predicted_oom=not args.no_skip)
+        outcome = run_sweep(
+            cells,
+            store=store,
+            suite=name,
+            resume=args.resume,
+            config={"suite": name, "shard": args.shard, "device_memory": device_memory},
+            progress=not args.quiet,
+            run_id=args.run_id,
+            cells_planned=len(all_cells),
+            device_memory=device_memory,
+            skip_predicted_oom=not args.no_skip,
+        )
     except Cancelled as exc:
         sys.stderr.write(f"sweep cancelled by {exc}; completed cells are stored\n")
         return 130 if exc.signum == 2 else 143
     print(format_summary(outcome.results))
-    print(f"run {outcome.run_id}: {len(outcome.results)} cells run"
-          + (f", {outcome.skipped_done} already done" if outcome.skipped_done else "")
-          + f"; store {store.safe_url}")
+    print(
+        f"run {outcome.run_id}: {len(outcome.results)} cells run"
+        + (f", {outcome.skipped_done} already done" if outcome.skipped_done else "")
+        + f"; store {store.safe_url}"
+    )
     return 0
 
 
@@ -133,15 +178,24 @@ def cmd_list(args: argparse.Namespace) -> int:
         rows = []
         for name, e in ZOO.items():
             spec = resolve_model(name)
-            rows.append({"name": name, "about": e.about, "params": spec.param_count(),
-                         "cpu_ok": e.cpu_ok, **spec.to_dict()})
+            rows.append(
+                {
+                    "name": name,
+                    "about": e.about,
+                    "params": spec.param_count(),
+                    "cpu_ok": e.cpu_ok,
+                    **spec.to_dict(),
+                }
+            )
         if args.json:
             print(json.dumps(rows))
         else:
             for r in rows:
                 print(f"{r['name']:<16} {r['params']:>14,} params  {r['about']}")
-            print("also: a local checkpoint folder, or inline llama:layers=4,hidden=256,heads=8,"
-                  "kv_heads=2,ffn=688,vocab=32000 (gpt2:... likewise)")
+            print(
+                "also: a local checkpoint folder, or inline llama:layers=4,hidden=256,heads=8,"
+                "kv_heads=2,ffn=688,vocab=32000 (gpt2:... likewise)"
+            )
     elif args.what == "techniques":
         from memgauge.techniques import describe
 
@@ -151,9 +205,14 @@ def cmd_list(args: argparse.Namespace) -> int:
         else:
             for r in rows:
                 opts = ", ".join(f"{o['name']}={o['default']}" for o in r["options"]) or "-"
-                print(f"{r['name']:<16} saves {'/'.join(r['saves']):<40} modes {'/'.join(r['modes']):<22}"
-                      f" devices {'/'.join(r['devices']):<9} options {opts}")
-                print(f"{'':<16} {r['summary']}" + (f"; needs {', '.join(r['requires'])}" if r["requires"] else ""))
+                print(
+                    f"{r['name']:<16} saves {'/'.join(r['saves']):<40} modes {'/'.join(r['modes']):<22}"
+                    f" devices {'/'.join(r['devices']):<9} options {opts}"
+                )
+                print(
+                    f"{'':<16} {r['summary']}"
+                    + (f"; needs {', '.join(r['requires'])}" if r["requires"] else "")
+                )
     else:
         from memgauge.suite import builtin_suites, expand_suite, load_suite
 
@@ -164,8 +223,14 @@ def cmd_list(args: argparse.Namespace) -> int:
                 n = len(expand_suite(data))
             except Exception as exc:  # noqa: BLE001
                 n = f"invalid: {exc}"
-            rows.append({"name": name, "cells": n, "description": data.get("description", ""),
-                         "path": str(path)})
+            rows.append(
+                {
+                    "name": name,
+                    "cells": n,
+                    "description": data.get("description", ""),
+                    "path": str(path),
+                }
+            )
         if args.json:
             print(json.dumps(rows))
         else:
@@ -206,10 +271,17 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     given = parse_bytes(args.device_memory) if args.device_memory else None
     pred = predict(cell, trace=not args.no_trace)
     v = verdict(predicted_peak(pred), device_memory_for(cell, given))
-    out = {"analytic": pred["analytic"], "traced": pred["traced"], "params": pred["params"],
-           "fits": v["fits"], "device_memory": v["device_memory"], "headroom": v["headroom"],
-           "peak_phase": pred["peak_phase"], "traced_reason": pred["traced_reason"],
-           "notes": pred["notes"]}
+    out = {
+        "analytic": pred["analytic"],
+        "traced": pred["traced"],
+        "params": pred["params"],
+        "fits": v["fits"],
+        "device_memory": v["device_memory"],
+        "headroom": v["headroom"],
+        "peak_phase": pred["peak_phase"],
+        "traced_reason": pred["traced_reason"],
+        "notes": pred["notes"],
+    }
     if args.json:
         print(json.dumps(out))
         return 0
@@ -218,24 +290,38 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     print(f"  {'':<16} {'analytic':>12} {'traced':>12}")
     for k, val in pred["analytic"].items():
         print(f"  {k:<16} {fmt_bytes(val):>12} {fmt_bytes(tr.get(k)) if tr else '—':>12}")
-    print(f"  analytic peak at {pred['peak_phase']}"
-          + (f"; traced peak at {pred.get('traced_peak_op')} in {pred.get('traced_seconds')} s"
-             if tr else f"; traced: {pred['traced_reason']}"))
+    print(
+        f"  analytic peak at {pred['peak_phase']}"
+        + (
+            f"; traced peak at {pred.get('traced_peak_op')} in {pred.get('traced_seconds')} s"
+            if tr
+            else f"; traced: {pred['traced_reason']}"
+        )
+    )
     for n in pred["notes"]:
         print(f"  note: {n}")
     if v["fits"] is not None:
-        print(f"  {'fits' if v['fits'] else 'does NOT fit'} in {fmt_bytes(v['device_memory'])} "
-              f"(headroom {fmt_bytes(v['headroom'])}, {'traced' if tr else 'analytic'} peak)")
+        print(
+            f"  {'fits' if v['fits'] else 'does NOT fit'} in {fmt_bytes(v['device_memory'])} "
+            f"(headroom {fmt_bytes(v['headroom'])}, {'traced' if tr else 'analytic'} peak)"
+        )
     return 0
 
 
 def _add_cell_args(p: argparse.ArgumentParser, *, run: bool) -> None:
     p.add_argument("--model", required=True, help="zoo name, checkpoint folder or inline spec")
     p.add_argument("--mode", required=True, choices=("train", "prefill", "decode"))
-    p.add_argument("--technique", "-t", action="append", metavar="T",
-                   help="technique spec, repeat to combine (e.g. lora:r=8)")
+    p.add_argument(
+        "--technique",
+        "-t",
+        action="append",
+        metavar="T",
+        help="technique spec, repeat to combine (e.g. lora:r=8)",
+    )
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--seq", type=int, default=128, help="sequence length (prompt length for decode)")
+    p.add_argument(
+        "--seq", type=int, default=128, help="sequence length (prompt length for decode)"
+    )
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--decode-tokens", type=int, default=16, help="new tokens per decode step")
@@ -246,19 +332,27 @@ def _add_cell_args(p: argparse.ArgumentParser, *, run: bool) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=600.0, help="seconds before the cell is killed")
     if run:
-        p.add_argument("--mem-limit", help="address-space limit for the worker, e.g. 4GiB (CPU OOM runs)")
+        p.add_argument(
+            "--mem-limit", help="address-space limit for the worker, e.g. 4GiB (CPU OOM runs)"
+        )
         p.add_argument("--no-breakdown", action="store_true", help="skip the slow breakdown pass")
         p.add_argument("--no-store", action="store_true", help="do not store the result")
     else:
         p.add_argument("--device-memory", help="device memory to fit in: 24GiB, 80GB or a GPU name")
-        p.add_argument("--no-trace", action="store_true",
-                       help="analytic estimate only (no fake-tensor trace of the step)")
+        p.add_argument(
+            "--no-trace",
+            action="store_true",
+            help="analytic estimate only (no fake-tensor trace of the step)",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="memgauge", description=__doc__.split("\n")[0])
-    ap.add_argument("--store", help="store URL or SQLite path (default: $MEMGAUGE_STORE, "
-                                    "else ~/.local/share/memgauge/results.sqlite)")
+    ap.add_argument(
+        "--store",
+        help="store URL or SQLite path (default: $MEMGAUGE_STORE, "
+        "else ~/.local/share/memgauge/results.sqlite)",
+    )
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
@@ -274,16 +368,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", required=True, help="quick, standard, nightly or PATH.toml")
     p.add_argument("--resume", metavar="RUN", help="finish run RUN: only missing or failed cells")
     p.add_argument("--shard", metavar="i/n", help="run a deterministic 1/n of the cells")
-    p.add_argument("--run-id", metavar="ID",
-                   help="write into run ID, creating it if absent: n shards given the same ID "
-                        "fill one run (a cell is never stored twice)")
+    p.add_argument(
+        "--run-id",
+        metavar="ID",
+        help="write into run ID, creating it if absent: n shards given the same ID "
+        "fill one run (a cell is never stored twice)",
+    )
     p.add_argument("--yes", action="store_true", help="allow very large sweeps")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.add_argument("--device-memory", help="memory each cell must fit in (24GiB, a GPU name); "
-                                           "cells predicted not to fit are skipped_predicted_oom "
-                                           "(CUDA cells default to the device's memory)")
-    p.add_argument("--no-skip", action="store_true",
-                   help="run cells even when they are predicted not to fit")
+    p.add_argument(
+        "--device-memory",
+        help="memory each cell must fit in (24GiB, a GPU name); "
+        "cells predicted not to fit are skipped_predicted_oom "
+        "(CUDA cells default to the device's memory)",
+    )
+    p.add_argument(
+        "--no-skip", action="store_true", help="run cells even when they are predicted not to fit"
+    )
     p.set_defaults(fn=cmd_sweep)
 
     p = sub.add_parser("list", help="list models, techniques or suites")
@@ -314,8 +415,11 @@ COMMAND_MODULES = ("capacity", "nightly", "report", "dashboard", "pretrain")
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
     from memgauge.results.store import StoreError
     from memgauge.suite import SuiteError

@@ -63,7 +63,9 @@ def coerce(value: str, typ: Any, what: str) -> Any:
         if origin is tuple:
             return tuple(v for v in value.split("+") if v)
     except ValueError:
-        raise SpecError(f"{what}: {value!r} is not a valid {getattr(typ, '__name__', typ)}") from None
+        raise SpecError(
+            f"{what}: {value!r} is not a valid {getattr(typ, '__name__', typ)}"
+        ) from None
     raise SpecError(f"{what}: unsupported option type {typ}")
 
 
@@ -92,12 +94,14 @@ def dataclass_options(cls: type) -> list[dict[str, Any]]:
         if not f.init:
             continue
         default = f.default if f.default is not MISSING else None
-        out.append({
-            "name": f.name,
-            "type": getattr(hints[f.name], "__name__", str(hints[f.name])),
-            "default": list(default) if isinstance(default, tuple) else default,
-            "help": docs.get(f.name, ""),
-        })
+        out.append(
+            {
+                "name": f.name,
+                "type": getattr(hints[f.name], "__name__", str(hints[f.name])),
+                "default": list(default) if isinstance(default, tuple) else default,
+                "help": docs.get(f.name, ""),
+            }
+        )
     return out
 
 

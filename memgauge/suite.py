@@ -50,8 +50,12 @@ def load_suite(name_or_path: str) -> tuple[str, dict[str, Any]]:
     else:
         path = Path(name_or_path)
         if not path.is_file():
-            raise SuiteError([f"no suite {name_or_path!r}: use one of {', '.join(suites)} or a "
-                              f"path to a .toml file"])
+            raise SuiteError(
+                [
+                    f"no suite {name_or_path!r}: use one of {', '.join(suites)} or a "
+                    f"path to a .toml file"
+                ]
+            )
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -87,8 +91,14 @@ def validate_cell(cell: Cell, problems: list[str], where: str) -> Cell | None:
     dev = str(cell.device)
     if not (dev == "cpu" or dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit())):
         problems.append(f"{where}: device {dev!r} unknown; use cpu, cuda or cuda:N")
-    for name, minimum in (("batch", 1), ("seq_len", 1), ("steps", 1), ("warmup", 0),
-                          ("decode_tokens", 1), ("quality_steps", 0)):
+    for name, minimum in (
+        ("batch", 1),
+        ("seq_len", 1),
+        ("steps", 1),
+        ("warmup", 0),
+        ("decode_tokens", 1),
+        ("quality_steps", 0),
+    ):
         err = check_number(name, getattr(cell, name), minimum=minimum)
         if err:
             problems.append(f"{where}: {err}")
@@ -96,12 +106,17 @@ def validate_cell(cell: Cell, problems: list[str], where: str) -> Cell | None:
     if err:
         problems.append(f"{where}: {err}")
     if spec is not None and isinstance(cell.seq_len, int) and cell.mode in MODES:
-        total = cell.seq_len + (cell.decode_tokens if cell.mode == "decode" and
-                                isinstance(cell.decode_tokens, int) else 0)
+        total = cell.seq_len + (
+            cell.decode_tokens
+            if cell.mode == "decode" and isinstance(cell.decode_tokens, int)
+            else 0
+        )
         if total > spec.max_pos:
-            problems.append(f"{where}: seq_len {cell.seq_len}"
-                            + (f" + {cell.decode_tokens} decode tokens" if cell.mode == "decode" else "")
-                            + f" exceeds {spec.name}'s max positions ({spec.max_pos})")
+            problems.append(
+                f"{where}: seq_len {cell.seq_len}"
+                + (f" + {cell.decode_tokens} decode tokens" if cell.mode == "decode" else "")
+                + f" exceeds {spec.name}'s max positions ({spec.max_pos})"
+            )
     if isinstance(cell.batch, int) and cell.mode == "train":
         pass
     try:
@@ -137,7 +152,9 @@ def expand_suite(data: dict[str, Any], *, overrides: dict[str, Any] | None = Non
     defaults = dict(data.get("defaults", {}))
     for k in defaults:
         if k not in _CELL_FIELDS:
-            problems.append(f"[defaults]: unknown field {k!r}; valid: {', '.join(sorted(_CELL_FIELDS))}")
+            problems.append(
+                f"[defaults]: unknown field {k!r}; valid: {', '.join(sorted(_CELL_FIELDS))}"
+            )
     entries = data.get("cells")
     if not isinstance(entries, list) or not entries:
         problems.append("the suite has no [[cells]] entries")
@@ -205,5 +222,16 @@ def shard_cells(cells: list[Cell], shard: str | None) -> list[Cell]:
 
 def order_cells(cells: list[Cell]) -> list[Cell]:
     """Baselines first within each group, smaller shapes first (so an OOM can skip larger ones)."""
-    return sorted(cells, key=lambda c: (c.model, c.mode, c.dtype, c.device, c.batch, c.seq_len,
-                                        len(c.techniques), c.techniques))
+    return sorted(
+        cells,
+        key=lambda c: (
+            c.model,
+            c.mode,
+            c.dtype,
+            c.device,
+            c.batch,
+            c.seq_len,
+            len(c.techniques),
+            c.techniques,
+        ),
+    )

@@ -39,11 +39,17 @@ def _oom_blocks(cell: Cell, ooms: list[Cell]) -> Cell | None:
     one axis (batch or sequence) with the other axis equal."""
     for o in ooms:
         same = (o.model, o.mode, o.techniques, o.dtype, o.device) == (
-            cell.model, cell.mode, cell.techniques, cell.dtype, cell.device)
+            cell.model,
+            cell.mode,
+            cell.techniques,
+            cell.dtype,
+            cell.device,
+        )
         if not same:
             continue
-        if (o.seq_len == cell.seq_len and cell.batch > o.batch) or \
-                (o.batch == cell.batch and cell.seq_len > o.seq_len):
+        if (o.seq_len == cell.seq_len and cell.batch > o.batch) or (
+            o.batch == cell.batch and cell.seq_len > o.seq_len
+        ):
             return o
     return None
 
@@ -69,7 +75,9 @@ class Progress:
         filled = int(width * self.done / max(1, self.total))
         bar = "#" * filled + "." * (width - filled)
         elapsed = time.strftime("%M:%S", time.gmtime(time.time() - self.t0))
-        self.stream.write(f"[{bar}] {self.done}/{self.total} {elapsed} eta {self._eta()}  {label}\n")
+        self.stream.write(
+            f"[{bar}] {self.done}/{self.total} {elapsed} eta {self._eta()}  {label}\n"
+        )
         self.stream.flush()
 
     def step(self, label: str) -> None:
@@ -77,8 +85,9 @@ class Progress:
         self.show(label)
 
 
-def fill_loss_delta(result: dict[str, Any], cell: Cell, store: Store | None,
-                    run_results: dict[str, dict[str, Any]]) -> None:
+def fill_loss_delta(
+    result: dict[str, Any], cell: Cell, store: Store | None, run_results: dict[str, dict[str, Any]]
+) -> None:
     """quality.loss_delta = loss - the same seed's baseline loss (this run's, else the store's)."""
     q = result.get("quality") or {}
     if q.get("loss") is None or not cell.techniques:
@@ -86,7 +95,9 @@ def fill_loss_delta(result: dict[str, Any], cell: Cell, store: Store | None,
             q["loss_delta"] = 0.0
         return
     base = run_results.get(cell.baseline_key)
-    base_loss = (base or {}).get("quality", {}).get("loss") if base and base.get("status") == "ok" else None
+    base_loss = (
+        (base or {}).get("quality", {}).get("loss") if base and base.get("status") == "ok" else None
+    )
     if base_loss is None and store is not None:
         row = store.latest_baseline(cell.baseline_key)
         base_loss = row["loss"] if row else None
@@ -94,13 +105,22 @@ def fill_loss_delta(result: dict[str, Any], cell: Cell, store: Store | None,
         q["loss_delta"] = q["loss"] - base_loss
 
 
-def run_sweep(cells: list[Cell], *, store: Store, suite: str, kind: str = "sweep",
-              resume: str | None = None, config: dict[str, Any] | None = None,
-              runner: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-              progress: bool = True, on_result: Callable[[dict[str, Any]], None] | None = None,
-              run_id: str | None = None, cells_planned: int | None = None,
-              device_memory: int | None = None, skip_predicted_oom: bool = True,
-              ) -> SweepOutcome:
+def run_sweep(
+    cells: list[Cell],
+    *,
+    store: Store,
+    suite: str,
+    kind: str = "sweep",
+    resume: str | None = None,
+    config: dict[str, Any] | None = None,
+    runner: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    progress: bool = True,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+    run_id: str | None = None,
+    cells_planned: int | None = None,
+    device_memory: int | None = None,
+    skip_predicted_oom: bool = True,
+) -> SweepOutcome:
     """Run the cells into `store`; SIGINT/SIGTERM end the running cell's process group, mark the
     run `cancelled` and raise Cancelled (exit 130/143 in the CLI); a second signal exits at once.
 
@@ -119,14 +139,23 @@ def run_sweep(cells: list[Cell], *, store: Store, suite: str, kind: str = "sweep
         run_id = resume
         statuses = store.cell_statuses(run_id)
     elif shared:
-        store.ensure_run(run_id, suite=suite, kind=kind, env=env,
-                         config={**(config or {}), "cells": [c.to_dict() for c in cells]},
-                         cells_planned=cells_planned or len(cells))
+        store.ensure_run(
+            run_id,
+            suite=suite,
+            kind=kind,
+            env=env,
+            config={**(config or {}), "cells": [c.to_dict() for c in cells]},
+            cells_planned=cells_planned or len(cells),
+        )
         statuses = store.cell_statuses(run_id)
     else:
-        run_id = store.create_run(suite=suite, kind=kind, env=env,
-                                  config={**(config or {}), "cells": [c.to_dict() for c in cells]},
-                                  cells_planned=len(cells))
+        run_id = store.create_run(
+            suite=suite,
+            kind=kind,
+            env=env,
+            config={**(config or {}), "cells": [c.to_dict() for c in cells]},
+            cells_planned=len(cells),
+        )
         statuses = {}
     todo = [c for c in cells if statuses.get(c.key) not in DONE_STATUSES]
     outcome = SweepOutcome(run_id=run_id, status="running", skipped_done=len(cells) - len(todo))
@@ -148,7 +177,6 @@ def run_sweep(cells: list[Cell], *, store: Store, suite: str, kind: str = "sweep
 
             sys.stderr.write("second signal: exiting immediately\n")
             os._exit(128 + signum)  # noqa: SLF001
-
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -172,8 +200,11 @@ def run_sweep(cells: list[Cell], *, store: Store, suite: str, kind: str = "sweep
             if signals_seen:  # the cell was killed by us, not by its own fault: not stored
                 break
             fill_loss_delta(result, cell, store, run_results)
-            result["cell_extra"] = {k: v for k, v in cell.to_dict().items()
-                                    if k in ("steps", "decode_tokens", "quality_steps", "seed")}
+            result["cell_extra"] = {
+                k: v
+                for k, v in cell.to_dict().items()
+                if k in ("steps", "decode_tokens", "quality_steps", "seed")
+            }
             try:
                 store.write_result(run_id, result, replace=bool(resume) or cell.key in statuses)
             except DuplicateResult:  # another shard ran it into this run first: keep theirs
@@ -227,15 +258,16 @@ def _stop_on_store_error(store: Store, run_id: str, cell: Cell, exc: BaseExcepti
     error; the failed cell's transaction was rolled back, earlier cells stay stored."""
     from memgauge.results.store import StoreError, _scrub
 
-    msg = _scrub(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                 store.url)
+    msg = _scrub(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", store.url)
     try:
         store.finish_run(run_id, "failed")
     except Exception:  # noqa: BLE001 - the store may refuse this write too
         pass
-    raise StoreError(f"could not store cell {cell.label()} into {store.safe_url}: {msg}; the "
-                     f"sweep stopped, cells stored before it are intact (resume with "
-                     f"--resume {run_id} once the store is fixed)") from None
+    raise StoreError(
+        f"could not store cell {cell.label()} into {store.safe_url}: {msg}; the "
+        f"sweep stopped, cells stored before it are intact (resume with "
+        f"--resume {run_id} once the store is fixed)"
+    ) from None
 
 
 # -- the summary table ----------------------------------------------------------------------------
@@ -244,33 +276,52 @@ def summary_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     by_key = {}
     for r in results:
         c = r["cell"]
-        by_key[(c["model"], c["mode"], c["batch"], c["seq_len"], c["dtype"], c["device"],
-                tuple(c["techniques"]))] = r
+        by_key[
+            (
+                c["model"],
+                c["mode"],
+                c["batch"],
+                c["seq_len"],
+                c["dtype"],
+                c["device"],
+                tuple(c["techniques"]),
+            )
+        ] = r
     rows = []
     for r in results:
         c = r["cell"]
-        base = by_key.get((c["model"], c["mode"], c["batch"], c["seq_len"], c["dtype"],
-                           c["device"], ()))
+        base = by_key.get(
+            (c["model"], c["mode"], c["batch"], c["seq_len"], c["dtype"], c["device"], ())
+        )
         peak = (r.get("memory") or {}).get("peak_allocated")
         bpeak = (base.get("memory") or {}).get("peak_allocated") if base else None
         tps = (r.get("timing") or {}).get("tokens_per_s")
         btps = (base.get("timing") or {}).get("tokens_per_s") if base else None
-        rows.append({
-            "mode": c["mode"], "techniques": " + ".join(c["techniques"]) or "baseline",
-            "status": r["status"], "peak": peak,
-            "saving": (1 - peak / bpeak) if peak and bpeak else None,
-            "tokens_per_s": tps, "speed": (tps / btps) if tps and btps else None,
-            "loss_delta": (r.get("quality") or {}).get("loss_delta"),
-            "kl": (r.get("quality") or {}).get("kl_to_baseline"),
-            "model": c["model"], "batch": c["batch"], "seq_len": c["seq_len"],
-        })
+        rows.append(
+            {
+                "mode": c["mode"],
+                "techniques": " + ".join(c["techniques"]) or "baseline",
+                "status": r["status"],
+                "peak": peak,
+                "saving": (1 - peak / bpeak) if peak and bpeak else None,
+                "tokens_per_s": tps,
+                "speed": (tps / btps) if tps and btps else None,
+                "loss_delta": (r.get("quality") or {}).get("loss_delta"),
+                "kl": (r.get("quality") or {}).get("kl_to_baseline"),
+                "model": c["model"],
+                "batch": c["batch"],
+                "seq_len": c["seq_len"],
+            }
+        )
     return rows
 
 
 def format_summary(results: list[dict[str, Any]]) -> str:
     rows = summary_rows(results)
-    head = f"{'mode':<8} {'techniques':<28} {'status':<12} {'peak':>11} {'saving':>8} " \
-           f"{'tokens/s':>10} {'speed':>7} {'Δloss':>8} {'KL':>8}"
+    head = (
+        f"{'mode':<8} {'techniques':<28} {'status':<12} {'peak':>11} {'saving':>8} "
+        f"{'tokens/s':>10} {'speed':>7} {'Δloss':>8} {'KL':>8}"
+    )
     lines = [head, "-" * len(head)]
 
     def pct(x: float | None) -> str:
@@ -284,7 +335,10 @@ def format_summary(results: list[dict[str, Any]]) -> str:
         lines.append(
             f"{r['mode']:<8} {r['techniques'][:28]:<28} {r['status']:<12} "
             f"{fmt_bytes(r['peak']):>11} {pct(r['saving']):>8} {tps:>10} {speed:>7} "
-            f"{dloss:>8} {kl:>8}")
-    lines.append("peak = tensor peak (CPU: torch.profiler memory events; CUDA: max_memory_allocated); "
-                 "saving and speed vs the baseline of the same mode and shape; MiB/GiB = 1024-based")
+            f"{dloss:>8} {kl:>8}"
+        )
+    lines.append(
+        "peak = tensor peak (CPU: torch.profiler memory events; CUDA: max_memory_allocated); "
+        "saving and speed vs the baseline of the same mode and shape; MiB/GiB = 1024-based"
+    )
     return "\n".join(lines)

@@ -13,7 +13,8 @@ os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
 os.environ.setdefault("MEMGAUGE_THREADS", "1")  # workers: one thread (noisy shared machines)
 # workers import the test plugins from the repository root
 os.environ["PYTHONPATH"] = os.pathsep.join(
-    [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+)
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

@@ -13,45 +13,108 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACT = {
-    "schema_version", "cell", "status", "error", "params", "memory", "timing", "quality",
-    "prediction", "env"}
-MEMORY = {"peak_allocated", "peak_reserved", "device_used_peak", "host_peak",
-          "baseline_allocated", "breakdown", "steady"}
-BREAKDOWN = {"parameters", "buffers", "gradients", "optimizer_state", "activations",
-             "temporaries", "kv_cache", "other"}
+    "schema_version",
+    "cell",
+    "status",
+    "error",
+    "params",
+    "memory",
+    "timing",
+    "quality",
+    "prediction",
+    "env",
+}
+MEMORY = {
+    "peak_allocated",
+    "peak_reserved",
+    "device_used_peak",
+    "host_peak",
+    "baseline_allocated",
+    "breakdown",
+    "steady",
+}
+BREAKDOWN = {
+    "parameters",
+    "buffers",
+    "gradients",
+    "optimizer_state",
+    "activations",
+    "temporaries",
+    "kv_cache",
+    "other",
+}
 
 
-def memgauge(*args: str, store: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def memgauge(
+    *args: str, store: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "memgauge"]
     if store is not None:
         cmd += ["--store", str(store)]
-    return subprocess.run(cmd + list(args), capture_output=True, text=True, env=env,
-                          timeout=timeout)
+    return subprocess.run(
+        cmd + list(args), capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 @pytest.mark.parametrize("mode", ["train", "prefill", "decode"])
 def test_run_json_follows_the_contract(mode, tmp_path):
-    out = memgauge("run", "--model", "llama-tiny", "--mode", mode, "--batch", "2", "--seq", "32",
-                   "--steps", "2", "--warmup", "1", "--decode-tokens", "3", "--json",
-                   store=tmp_path / "s.sqlite")
+    out = memgauge(
+        "run",
+        "--model",
+        "llama-tiny",
+        "--mode",
+        mode,
+        "--batch",
+        "2",
+        "--seq",
+        "32",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--decode-tokens",
+        "3",
+        "--json",
+        store=tmp_path / "s.sqlite",
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 1, "exactly one JSON object on stdout"
     r = json.loads(lines[0])
     assert set(r) == CONTRACT
     assert r["schema_version"] == 1 and r["status"] == "ok" and r["error"] is None
-    assert set(r["cell"]) == {"model", "mode", "techniques", "batch", "seq_len", "dtype",
-                              "device", "key"}
+    assert set(r["cell"]) == {
+        "model",
+        "mode",
+        "techniques",
+        "batch",
+        "seq_len",
+        "dtype",
+        "device",
+        "key",
+    }
     assert MEMORY <= set(r["memory"])
     assert set(r["memory"]["breakdown"]) == BREAKDOWN
     assert set(r["memory"]["steady"]) >= {"parameters", "gradients", "optimizer_state"}
     for k in ("peak_allocated", "host_peak", "baseline_allocated"):
         assert isinstance(r["memory"][k], int) and r["memory"][k] > 0
     assert r["memory"]["peak_reserved"] is None and r["memory"]["device_used_peak"] is None  # CPU
-    assert set(r["timing"]) == {"step_ms_p20", "step_ms_p50", "step_ms_p80", "tokens_per_s", "steps"}
+    assert set(r["timing"]) == {
+        "step_ms_p20",
+        "step_ms_p50",
+        "step_ms_p80",
+        "tokens_per_s",
+        "steps",
+    }
     assert r["timing"]["step_ms_p20"] <= r["timing"]["step_ms_p50"] <= r["timing"]["step_ms_p80"]
-    assert set(r["quality"]) == {"loss", "loss_delta", "kl_to_baseline", "top1_agreement", "perplexity"}
+    assert set(r["quality"]) == {
+        "loss",
+        "loss_delta",
+        "kl_to_baseline",
+        "top1_agreement",
+        "perplexity",
+    }
     assert {"analytic_peak", "traced_peak", "analytic"} <= set(r["prediction"])
     for k in ("torch", "transformers", "git_sha", "cpu_model", "cpu_cores", "ram_bytes", "os"):
         assert k in r["env"] or k in r["env"]["packages"]
@@ -65,8 +128,19 @@ def test_run_json_follows_the_contract(mode, tmp_path):
 
 
 def test_run_no_store_and_human_output(tmp_path):
-    out = memgauge("run", "--model", "llama-tiny", "--mode", "prefill", "--seq", "16", "--steps",
-                   "1", "--no-store", store=tmp_path / "s.sqlite")
+    out = memgauge(
+        "run",
+        "--model",
+        "llama-tiny",
+        "--mode",
+        "prefill",
+        "--seq",
+        "16",
+        "--steps",
+        "1",
+        "--no-store",
+        store=tmp_path / "s.sqlite",
+    )
     assert out.returncode == 0, out.stderr
     assert "peak allocated" in out.stdout and "MiB" in out.stdout or "KiB" in out.stdout
     assert not (tmp_path / "s.sqlite").exists()
@@ -105,10 +179,17 @@ mode = "train"
     out = memgauge("sweep", "--suite", str(suite), store=tmp_path / "s.sqlite")
     assert out.returncode == 2
     err = out.stderr
-    for needle in ("unknown model 'nosuchmodel'", "batch must be >= 1, got 0",
-                   "batch must be >= 1, got -1", "exceeds", "unknown technique 'nosuchtech'",
-                   "r must be an integer >= 1", "given twice", "steps must be finite",
-                   "duplicate cell"):
+    for needle in (
+        "unknown model 'nosuchmodel'",
+        "batch must be >= 1, got 0",
+        "batch must be >= 1, got -1",
+        "exceeds",
+        "unknown technique 'nosuchtech'",
+        "r must be an integer >= 1",
+        "given twice",
+        "steps must be finite",
+        "duplicate cell",
+    ):
         assert needle in err, f"{needle!r} missing from:\n{err}"
     assert "nothing was run" in err
     assert time.time() - t0 < 60
@@ -135,25 +216,40 @@ def test_incompatible_pair_is_reported(faults_plugin):
 
 def test_a_huge_sweep_shows_its_size_and_needs_yes(tmp_path):
     suite = tmp_path / "huge.toml"
-    suite.write_text("""
-[[cells]]
-model = "llama-tiny"
-mode = "train"
-batch = [%s]
-seq_len = [%s]
-""" % (", ".join(str(i) for i in range(1, 1001)), ", ".join(str(i) for i in range(1, 1001))))
+    values = ", ".join(str(i) for i in range(1, 1001))
+    suite.write_text(
+        f'[[cells]]\nmodel = "llama-tiny"\nmode = "train"\nbatch = [{values}]\nseq_len = [{values}]\n'
+    )
     out = memgauge("sweep", "--suite", str(suite), store=tmp_path / "s.sqlite", timeout=60)
     assert out.returncode == 2
     assert "1,000,000 cells" in out.stderr and "--yes" in out.stderr
 
 
 def test_bad_cli_values(tmp_path):
-    out = memgauge("run", "--model", "llama-tiny", "--mode", "train", "--batch", "0",
-                   store=tmp_path / "s.sqlite")
+    out = memgauge(
+        "run",
+        "--model",
+        "llama-tiny",
+        "--mode",
+        "train",
+        "--batch",
+        "0",
+        store=tmp_path / "s.sqlite",
+    )
     assert out.returncode == 2 and "batch must be >= 1" in out.stderr
-    out = memgauge("run", "--model", "llama-tiny", "--mode", "train", "-t", "lora:rank=4",
-                   store=tmp_path / "s.sqlite")
-    assert out.returncode == 2 and "unknown option(s) rank" in out.stderr and "valid: r" in out.stderr
+    out = memgauge(
+        "run",
+        "--model",
+        "llama-tiny",
+        "--mode",
+        "train",
+        "-t",
+        "lora:rank=4",
+        store=tmp_path / "s.sqlite",
+    )
+    assert (
+        out.returncode == 2 and "unknown option(s) rank" in out.stderr and "valid: r" in out.stderr
+    )
 
 
 def test_list_and_env():

@@ -25,7 +25,10 @@ def test_fmt_bytes_is_1024_based_and_labelled():
 def test_spec_round_trip():
     name, opts = parse_spec("lora:r=8,targets=q_proj+v_proj")
     assert name == "lora" and opts == {"r": "8", "targets": "q_proj+v_proj"}
-    assert format_spec("lora", {"targets": ("q_proj", "v_proj"), "r": 8}) == "lora:r=8,targets=q_proj+v_proj"
+    assert (
+        format_spec("lora", {"targets": ("q_proj", "v_proj"), "r": 8})
+        == "lora:r=8,targets=q_proj+v_proj"
+    )
     for bad in ("", "lora:r", "lora:r=1,r=2", "a b"):
         with pytest.raises(SpecError):
             parse_spec(bad)

@@ -29,8 +29,16 @@ from torch.utils._pytree import tree_flatten
 
 from memgauge.profilers.live import live_tensors, tensor_storages
 
-CATEGORIES = ("parameters", "buffers", "gradients", "optimizer_state", "activations",
-              "temporaries", "kv_cache", "other")
+CATEGORIES = (
+    "parameters",
+    "buffers",
+    "gradients",
+    "optimizer_state",
+    "activations",
+    "temporaries",
+    "kv_cache",
+    "other",
+)
 
 
 @dataclass
@@ -136,8 +144,12 @@ class BreakdownTracker(TorchDispatchMode):
                     rec.category = category
 
     # -- before / after the step --------------------------------------------------------------------
-    def register_existing(self, model: torch.nn.Module, optimizer: Any = None,
-                          extra: dict[str, Iterable[torch.Tensor]] | None = None) -> None:
+    def register_existing(
+        self,
+        model: torch.nn.Module,
+        optimizer: Any = None,
+        extra: dict[str, Iterable[torch.Tensor]] | None = None,
+    ) -> None:
         """Record every live storage with its category before the step starts."""
         known: list[tuple[str, list[torch.Tensor]]] = [
             ("parameters", list(model.parameters())),
@@ -172,8 +184,9 @@ class BreakdownTracker(TorchDispatchMode):
             return
         self._track_tensor(t, category)
 
-    def relabel_after(self, model: torch.nn.Module, optimizer: Any = None,
-                      kv_cache: Iterable[torch.Tensor] = ()) -> None:
+    def relabel_after(
+        self, model: torch.nn.Module, optimizer: Any = None, kv_cache: Iterable[torch.Tensor] = ()
+    ) -> None:
         self.label([p.grad for p in model.parameters() if p.grad is not None], "gradients")
         self.label(optimizer_state_tensors(optimizer), "optimizer_state")
         self.label(kv_cache, "kv_cache")
@@ -210,7 +223,9 @@ class BreakdownTracker(TorchDispatchMode):
     def at_peak(self) -> dict[str, int]:
         out = dict.fromkeys(CATEGORIES, 0)
         for rec in list(self._recs.values()) + self._dead:
-            if rec.alloc_seq <= self.peak_seq and (rec.free_seq is None or rec.free_seq > self.peak_seq):
+            if rec.alloc_seq <= self.peak_seq and (
+                rec.free_seq is None or rec.free_seq > self.peak_seq
+            ):
                 out[rec.category] += rec.nbytes
         return out
 

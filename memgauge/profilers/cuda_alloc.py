@@ -16,9 +16,12 @@ class CudaAllocator:
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         s = torch.cuda.memory_stats(self.device)
-        self.baseline = {"baseline_allocated": s.get("allocated_bytes.all.current", 0),
-                         "baseline_reserved": s.get("reserved_bytes.all.current", 0),
-                         "retries0": s.get("num_alloc_retries", 0), "ooms0": s.get("num_ooms", 0)}
+        self.baseline = {
+            "baseline_allocated": s.get("allocated_bytes.all.current", 0),
+            "baseline_reserved": s.get("reserved_bytes.all.current", 0),
+            "retries0": s.get("num_alloc_retries", 0),
+            "ooms0": s.get("num_ooms", 0),
+        }
 
     def stop(self) -> dict[str, int]:
         torch.cuda.synchronize(self.device)

@@ -45,6 +45,10 @@ class HostPeak:
 
             # ru_maxrss never goes down: only the whole-process peak is known
             hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return {"host_peak": hwm * 1024, "baseline_host": self.baseline,
-                "host_peak_reset": self.reset_ok, "malloc_threshold_set":
-                os.environ.get("MALLOC_MMAP_THRESHOLD_") == MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"]}
+        return {
+            "host_peak": hwm * 1024,
+            "baseline_host": self.baseline,
+            "host_peak_reset": self.reset_ok,
+            "malloc_threshold_set": os.environ.get("MALLOC_MMAP_THRESHOLD_")
+            == MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"],
+        }

@@ -84,5 +84,9 @@ class NvmlSampler:
                     self.process_peak = max(self.process_peak or 0, mine)
             except Exception:  # noqa: BLE001
                 pass
-        return {"device_used_peak": self.device_peak, "process_used_peak": self.process_peak,
-                "baseline_device_used": self.baseline_device, "device_total": self.total}
+        return {
+            "device_used_peak": self.device_peak,
+            "process_used_peak": self.process_peak,
+            "baseline_device_used": self.baseline_device,
+            "device_total": self.total,
+        }

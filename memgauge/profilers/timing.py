@@ -35,5 +35,8 @@ class StepTimer:
 
     def summary(self, times_ms: list[float] | None = None) -> dict[str, float | None]:
         t = self.times_ms if times_ms is None else times_ms
-        return {"step_ms_p20": quantile(t, 0.2), "step_ms_p50": quantile(t, 0.5),
-                "step_ms_p80": quantile(t, 0.8)}
+        return {
+            "step_ms_p20": quantile(t, 0.2),
+            "step_ms_p50": quantile(t, 0.5),
+            "step_ms_p80": quantile(t, 0.8),
+        }

@@ -14,12 +14,22 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "torchao", "optimum-quanto",
-            "triton", "liger-kernel", "nvidia-ml-py", "numpy", "sqlalchemy")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "bitsandbytes",
+    "torchao",
+    "optimum-quanto",
+    "triton",
+    "liger-kernel",
+    "nvidia-ml-py",
+    "numpy",
+    "sqlalchemy",
+)
 
 # The fields that make two environments comparable (nightly baselines match on their hash).
-ENV_HASH_FIELDS = ("device_name", "device_total_memory", "cuda", "driver", "cpu_model",
-                   "packages")
+ENV_HASH_FIELDS = ("device_name", "device_total_memory", "cuda", "driver", "cpu_model", "packages")
 
 
 def _git(*args: str) -> str | None:
@@ -124,7 +134,9 @@ def collect_env(*, torch_loaded: bool = False, device: str = "cpu") -> dict[str,
 def env_hash(env: dict[str, Any]) -> str:
     """A short hash of what makes results comparable (device, driver, library versions)."""
     payload = {k: env.get(k) for k in ENV_HASH_FIELDS}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[
+        :12
+    ]
 
 
 def env_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:

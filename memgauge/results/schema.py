@@ -10,26 +10,46 @@ import sqlalchemy as sa
 
 SCHEMA_VERSION = 1
 
-STATUSES = ("ok", "oom", "timeout", "crashed", "error", "unsupported", "skipped_predicted_oom",
-            "skipped_after_oom")
+STATUSES = (
+    "ok",
+    "oom",
+    "timeout",
+    "crashed",
+    "error",
+    "unsupported",
+    "skipped_predicted_oom",
+    "skipped_after_oom",
+)
 FAILED = ("oom", "timeout", "crashed", "error")
 RUN_STATUSES = ("running", "complete", "interrupted", "cancelled", "failed")
-CATEGORIES = ("parameters", "buffers", "gradients", "optimizer_state", "activations",
-              "temporaries", "kv_cache", "other")
+CATEGORIES = (
+    "parameters",
+    "buffers",
+    "gradients",
+    "optimizer_state",
+    "activations",
+    "temporaries",
+    "kv_cache",
+    "other",
+)
 
 metadata = sa.MetaData()
 
 meta = sa.Table(
-    "meta", metadata,
+    "meta",
+    metadata,
     sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
 )
 
 runs = sa.Table(
-    "runs", metadata,
+    "runs",
+    metadata,
     sa.Column("id", sa.String(64), primary_key=True),
     sa.Column("suite", sa.String(255)),
-    sa.Column("kind", sa.String(32), nullable=False, server_default="sweep"),  # sweep|run|nightly|capacity|bench
+    sa.Column(
+        "kind", sa.String(32), nullable=False, server_default="sweep"
+    ),  # sweep|run|nightly|capacity|bench
     sa.Column("status", sa.String(32), nullable=False),
     sa.Column("started_at", sa.Float, nullable=False),
     sa.Column("finished_at", sa.Float),
@@ -43,16 +63,41 @@ runs = sa.Table(
 
 # Metric columns flattened out of the result JSON so that queries aggregate in SQL.
 METRIC_COLUMNS = (
-    "peak_allocated", "peak_reserved", "device_used_peak", "host_peak", "baseline_allocated",
-    "params_total", "params_trainable", "step_ms_p20", "step_ms_p50", "step_ms_p80",
-    "tokens_per_s", "loss", "loss_delta", "kl_to_baseline", "top1_agreement", "perplexity",
-    "analytic_peak", "traced_peak", "wall_s",
+    "peak_allocated",
+    "peak_reserved",
+    "device_used_peak",
+    "host_peak",
+    "baseline_allocated",
+    "params_total",
+    "params_trainable",
+    "step_ms_p20",
+    "step_ms_p50",
+    "step_ms_p80",
+    "tokens_per_s",
+    "loss",
+    "loss_delta",
+    "kl_to_baseline",
+    "top1_agreement",
+    "perplexity",
+    "analytic_peak",
+    "traced_peak",
+    "wall_s",
 )
-_BIG = {"peak_allocated", "peak_reserved", "device_used_peak", "host_peak", "baseline_allocated",
-        "params_total", "params_trainable", "analytic_peak", "traced_peak"}
+_BIG = {
+    "peak_allocated",
+    "peak_reserved",
+    "device_used_peak",
+    "host_peak",
+    "baseline_allocated",
+    "params_total",
+    "params_trainable",
+    "analytic_peak",
+    "traced_peak",
+}
 
 results = sa.Table(
-    "results", metadata,
+    "results",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("run_id", sa.String(64), sa.ForeignKey("runs.id"), nullable=False),
     sa.Column("cell_key", sa.String(32), nullable=False),
@@ -75,13 +120,14 @@ results = sa.Table(
     sa.UniqueConstraint("run_id", "cell_key", name="uq_results_run_cell"),
 )
 sa.Index("ix_results_cell", results.c.cell_key, results.c.created_at)
-sa.Index("ix_results_query", results.c.run_id, results.c.model, results.c.mode,
-         results.c.device)
+sa.Index("ix_results_query", results.c.run_id, results.c.model, results.c.mode, results.c.device)
 
 breakdown = sa.Table(
-    "breakdown", metadata,
-    sa.Column("result_id", sa.Integer, sa.ForeignKey("results.id", ondelete="CASCADE"),
-              primary_key=True),
+    "breakdown",
+    metadata,
+    sa.Column(
+        "result_id", sa.Integer, sa.ForeignKey("results.id", ondelete="CASCADE"), primary_key=True
+    ),
     sa.Column("kind", sa.String(16), primary_key=True),  # peak | steady | analytic | traced
     sa.Column("category", sa.String(32), primary_key=True),
     sa.Column("bytes", sa.BigInteger, nullable=False),
@@ -95,18 +141,30 @@ def technique_label(techniques: list[str]) -> str:
 def flatten(result: dict[str, Any]) -> dict[str, Any]:
     """Result JSON -> the `results` row's metric columns."""
     mem, timing = result.get("memory") or {}, result.get("timing") or {}
-    q, pred, params = result.get("quality") or {}, result.get("prediction") or {}, result.get("params") or {}
+    q, pred, params = (
+        result.get("quality") or {},
+        result.get("prediction") or {},
+        result.get("params") or {},
+    )
     row = {
-        "peak_allocated": mem.get("peak_allocated"), "peak_reserved": mem.get("peak_reserved"),
-        "device_used_peak": mem.get("device_used_peak"), "host_peak": mem.get("host_peak"),
+        "peak_allocated": mem.get("peak_allocated"),
+        "peak_reserved": mem.get("peak_reserved"),
+        "device_used_peak": mem.get("device_used_peak"),
+        "host_peak": mem.get("host_peak"),
         "baseline_allocated": mem.get("baseline_allocated"),
-        "params_total": params.get("total"), "params_trainable": params.get("trainable"),
-        "step_ms_p20": timing.get("step_ms_p20"), "step_ms_p50": timing.get("step_ms_p50"),
-        "step_ms_p80": timing.get("step_ms_p80"), "tokens_per_s": timing.get("tokens_per_s"),
-        "loss": q.get("loss"), "loss_delta": q.get("loss_delta"),
-        "kl_to_baseline": q.get("kl_to_baseline"), "top1_agreement": q.get("top1_agreement"),
+        "params_total": params.get("total"),
+        "params_trainable": params.get("trainable"),
+        "step_ms_p20": timing.get("step_ms_p20"),
+        "step_ms_p50": timing.get("step_ms_p50"),
+        "step_ms_p80": timing.get("step_ms_p80"),
+        "tokens_per_s": timing.get("tokens_per_s"),
+        "loss": q.get("loss"),
+        "loss_delta": q.get("loss_delta"),
+        "kl_to_baseline": q.get("kl_to_baseline"),
+        "top1_agreement": q.get("top1_agreement"),
         "perplexity": q.get("perplexity"),
-        "analytic_peak": pred.get("analytic_peak"), "traced_peak": pred.get("traced_peak"),
+        "analytic_peak": pred.get("analytic_peak"),
+        "traced_peak": pred.get("traced_peak"),
         "wall_s": result.get("wall_s"),
     }
     for k, v in row.items():
@@ -120,8 +178,12 @@ def flatten(result: dict[str, Any]) -> dict[str, Any]:
 def breakdown_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     mem, pred = result.get("memory") or {}, result.get("prediction") or {}
     out = []
-    for kind, src in (("peak", mem.get("breakdown")), ("steady", mem.get("steady")),
-                      ("analytic", pred.get("analytic")), ("traced", pred.get("traced"))):
+    for kind, src in (
+        ("peak", mem.get("breakdown")),
+        ("steady", mem.get("steady")),
+        ("analytic", pred.get("analytic")),
+        ("traced", pred.get("traced")),
+    ):
         if isinstance(src, dict):
             for cat, n in src.items():
                 if isinstance(n, (int, float)) and not isinstance(n, bool):

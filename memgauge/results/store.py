@@ -23,8 +23,24 @@ from memgauge.results import schema as S
 
 ENV_VAR = "MEMGAUGE_STORE"
 SQLITE_MAGIC = b"SQLite format 3\x00"
-NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "sshfs", "9p", "afs",
-              "glusterfs", "fuse.glusterfs", "ceph", "fuse.s3fs", "lustre", "gpfs", "beegfs"}
+NETWORK_FS = {
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "fuse.sshfs",
+    "sshfs",
+    "9p",
+    "afs",
+    "glusterfs",
+    "fuse.glusterfs",
+    "ceph",
+    "fuse.s3fs",
+    "lustre",
+    "gpfs",
+    "beegfs",
+}
 
 
 class StoreError(RuntimeError):
@@ -40,12 +56,14 @@ def driver_url(url: str) -> str:
     an explicit `postgresql+driver://` is kept."""
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
 
 def default_path() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
     return Path(base) / "memgauge" / "results.sqlite"
 
 
@@ -76,7 +94,9 @@ def _fs_type(path: Path, mounts: str = "/proc/mounts") -> str | None:
                 if len(parts) < 3:
                     continue
                 mnt = parts[1].replace("\\040", " ")
-                if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
+                if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(
+                    best
+                ):
                     best, kind = mnt, parts[2]
         return kind
     except OSError:
@@ -86,12 +106,15 @@ def _fs_type(path: Path, mounts: str = "/proc/mounts") -> str | None:
 def check_sqlite_file(path: Path) -> None:
     """Refuse files that are not SQLite databases, and SQLite on network filesystems (F8, F9)."""
     folder = path.parent if not path.exists() else path
-    fs = os.environ.get("MEMGAUGE_FSTYPE_OVERRIDE") or _fs_type(folder if folder.exists() else path.parent)
+    fs = os.environ.get("MEMGAUGE_FSTYPE_OVERRIDE") or _fs_type(
+        folder if folder.exists() else path.parent
+    )
     if fs in NETWORK_FS:
         raise StoreError(
             f"the SQLite store {path} is on a network filesystem ({fs}); SQLite's locking is not "
             f"safe there and the file can be corrupted. Use a local path, or a database server: "
-            f"--store postgresql://USER@HOST/DB")
+            f"--store postgresql://USER@HOST/DB"
+        )
     if path.exists():
         if path.is_dir():
             raise StoreError(f"the store path {path} is a folder; give a file path")
@@ -101,8 +124,10 @@ def check_sqlite_file(path: Path) -> None:
         with open(path, "rb") as f:
             head = f.read(16)
         if head != SQLITE_MAGIC:
-            raise StoreError(f"{path} is not a memgauge store (not an SQLite database); "
-                             f"the file was left untouched. Point --store at another file.")
+            raise StoreError(
+                f"{path} is not a memgauge store (not an SQLite database); "
+                f"the file was left untouched. Point --store at another file."
+            )
         try:  # a truncated file passes the magic check; ask SQLite without writing
             con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
             try:
@@ -111,8 +136,10 @@ def check_sqlite_file(path: Path) -> None:
             finally:
                 con.close()
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{path} is damaged or truncated ({exc}); the file was left "
-                             f"untouched. Restore a backup or point --store at another file.") from None
+            raise StoreError(
+                f"{path} is damaged or truncated ({exc}); the file was left "
+                f"untouched. Restore a backup or point --store at another file."
+            ) from None
 
 
 class Store:
@@ -136,8 +163,9 @@ class Store:
             path = Path(sa.engine.make_url(url).database or "")
             check_sqlite_file(path)
             if not path.exists() and not create:
-                raise StoreError(f"no store at {path}; run `memgauge sweep --suite quick` first "
-                                 f"or pass --store")
+                raise StoreError(
+                    f"no store at {path}; run `memgauge sweep --suite quick` first or pass --store"
+                )
             path.parent.mkdir(parents=True, exist_ok=True)
             engine = _sqlite_engine(url, immediate=True)
             read_engine = _sqlite_engine(url, immediate=False)
@@ -145,8 +173,9 @@ class Store:
             try:
                 engine = read_engine = sa.create_engine(url, pool_pre_ping=True)
             except Exception as exc:  # noqa: BLE001
-                raise StoreError(f"cannot use store {redact(url)}: {type(exc).__name__}: "
-                                 f"{_scrub(str(exc), url)}") from None
+                raise StoreError(
+                    f"cannot use store {redact(url)}: {type(exc).__name__}: {_scrub(str(exc), url)}"
+                ) from None
         st = cls(url, engine, read_engine)
         try:
             with st._schema_lock():
@@ -154,8 +183,9 @@ class Store:
         except StoreError:
             raise
         except (sa.exc.SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"cannot open store {st.safe_url}: {type(exc).__name__}: "
-                             f"{_scrub(str(exc), url)}") from None
+            raise StoreError(
+                f"cannot open store {st.safe_url}: {type(exc).__name__}: {_scrub(str(exc), url)}"
+            ) from None
         return st
 
     @contextmanager
@@ -179,22 +209,29 @@ class Store:
         tables = set(insp.get_table_names())
         if "meta" not in tables:
             if tables and "results" not in tables:
-                raise StoreError(f"{self.safe_url} holds other tables ({', '.join(sorted(tables))}); "
-                                 f"it is not a memgauge store. Point --store elsewhere.")
+                raise StoreError(
+                    f"{self.safe_url} holds other tables ({', '.join(sorted(tables))}); "
+                    f"it is not a memgauge store. Point --store elsewhere."
+                )
             if "results" in tables:  # a store from before the schema recorded its version
                 self.migrate(0)
                 return
             with self.engine.begin() as con:
                 S.metadata.create_all(con)
-                con.execute(S.meta.insert().values(key="schema_version", value=str(S.SCHEMA_VERSION)))
+                con.execute(
+                    S.meta.insert().values(key="schema_version", value=str(S.SCHEMA_VERSION))
+                )
             return
         with self.engine.connect() as con:
-            row = con.execute(sa.select(S.meta.c.value).where(S.meta.c.key == "schema_version")).first()
+            row = con.execute(
+                sa.select(S.meta.c.value).where(S.meta.c.key == "schema_version")
+            ).first()
         version = int(row[0]) if row else 0
         if version > S.SCHEMA_VERSION:
             raise StoreError(
                 f"{self.safe_url} has schema version {version}, newer than this memgauge "
-                f"({S.SCHEMA_VERSION}); upgrade memgauge. The store was left untouched.")
+                f"({S.SCHEMA_VERSION}); upgrade memgauge. The store was left untouched."
+            )
         if version < S.SCHEMA_VERSION:
             self.migrate(version)
 
@@ -228,40 +265,80 @@ class Store:
                     con.execute(S.meta.insert().values(key="schema_version", value=str(v + 1)))
             except Exception as exc:  # noqa: BLE001 - said with where the old file is kept
                 saved = f"; the store as it was is saved at {backup}" if backup else ""
-                raise StoreError(f"migrating {self.safe_url} from schema version {v} failed: "
-                                 f"{type(exc).__name__}: {_scrub(str(exc), self.url)}"
-                                 f"{saved}") from None
+                raise StoreError(
+                    f"migrating {self.safe_url} from schema version {v} failed: "
+                    f"{type(exc).__name__}: {_scrub(str(exc), self.url)}"
+                    f"{saved}"
+                ) from None
 
     def schema_version(self) -> int:
         with self.read_engine.connect() as con:
-            return int(con.execute(sa.select(S.meta.c.value)
-                                   .where(S.meta.c.key == "schema_version")).scalar_one())
+            return int(
+                con.execute(
+                    sa.select(S.meta.c.value).where(S.meta.c.key == "schema_version")
+                ).scalar_one()
+            )
 
     # -- runs -------------------------------------------------------------------------------------
-    def create_run(self, *, suite: str | None, kind: str, env: dict[str, Any],
-                   config: dict[str, Any], cells_planned: int, run_id: str | None = None) -> str:
+    def create_run(
+        self,
+        *,
+        suite: str | None,
+        kind: str,
+        env: dict[str, Any],
+        config: dict[str, Any],
+        cells_planned: int,
+        run_id: str | None = None,
+    ) -> str:
         from memgauge.results.provenance import env_hash
 
         rid = run_id or time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         with self.engine.begin() as con:
-            con.execute(S.runs.insert().values(
-                id=rid, suite=suite, kind=kind, status="running", started_at=time.time(),
-                host=socket.gethostname(), pid=os.getpid(), cells_planned=cells_planned,
-                env_hash=env_hash(env), env_json=json.dumps(env, default=str),
-                config_json=json.dumps(config, default=str)))
+            con.execute(
+                S.runs.insert().values(
+                    id=rid,
+                    suite=suite,
+                    kind=kind,
+                    status="running",
+                    started_at=time.time(),
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                    cells_planned=cells_planned,
+                    env_hash=env_hash(env),
+                    env_json=json.dumps(env, default=str),
+                    config_json=json.dumps(config, default=str),
+                )
+            )
         return rid
 
-    def ensure_run(self, run_id: str, *, suite: str | None, kind: str, env: dict[str, Any],
-                   config: dict[str, Any], cells_planned: int) -> bool:
+    def ensure_run(
+        self,
+        run_id: str,
+        *,
+        suite: str | None,
+        kind: str,
+        env: dict[str, Any],
+        config: dict[str, Any],
+        cells_planned: int,
+    ) -> bool:
         """Create run `run_id` unless it exists (insert-or-ignore: shards on many machines may
         race to create it); True if this call created it.  A shared run has no owning process
         (pid NULL), so it is never shown `interrupted` because one shard ended."""
         from memgauge.results.provenance import env_hash
 
-        values = dict(id=run_id, suite=suite, kind=kind, status="running", started_at=time.time(),
-                      host=socket.gethostname(), pid=None, cells_planned=cells_planned,
-                      env_hash=env_hash(env), env_json=json.dumps(env, default=str),
-                      config_json=json.dumps(config, default=str))
+        values = dict(
+            id=run_id,
+            suite=suite,
+            kind=kind,
+            status="running",
+            started_at=time.time(),
+            host=socket.gethostname(),
+            pid=None,
+            cells_planned=cells_planned,
+            env_hash=env_hash(env),
+            env_json=json.dumps(env, default=str),
+            config_json=json.dumps(config, default=str),
+        )
         name = self.engine.dialect.name
         if name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
@@ -271,8 +348,12 @@ class Store:
             insert = None
         with self.engine.begin() as con:
             if insert is not None:
-                stmt = (insert(S.runs).values(**values)
-                        .on_conflict_do_nothing(index_elements=["id"]).returning(S.runs.c.id))
+                stmt = (
+                    insert(S.runs)
+                    .values(**values)
+                    .on_conflict_do_nothing(index_elements=["id"])
+                    .returning(S.runs.c.id)
+                )
                 return con.execute(stmt).first() is not None
             if con.execute(sa.select(S.runs.c.id).where(S.runs.c.id == run_id)).first():
                 return False
@@ -281,14 +362,23 @@ class Store:
 
     def count_results(self, run_id: str) -> int:
         with self.read_engine.connect() as con:
-            return int(con.execute(sa.select(sa.func.count()).select_from(S.results)
-                                   .where(S.results.c.run_id == run_id)).scalar_one())
+            return int(
+                con.execute(
+                    sa.select(sa.func.count())
+                    .select_from(S.results)
+                    .where(S.results.c.run_id == run_id)
+                ).scalar_one()
+            )
 
     def reopen_run(self, run_id: str) -> None:
         with self.engine.begin() as con:
-            n = con.execute(S.runs.update().where(S.runs.c.id == run_id).values(
-                status="running", host=socket.gethostname(), pid=os.getpid(),
-                finished_at=None)).rowcount
+            n = con.execute(
+                S.runs.update()
+                .where(S.runs.c.id == run_id)
+                .values(
+                    status="running", host=socket.gethostname(), pid=os.getpid(), finished_at=None
+                )
+            ).rowcount
         if not n:
             raise StoreError(f"no run {run_id!r} in {self.safe_url}")
 
@@ -296,8 +386,11 @@ class Store:
         if status not in S.RUN_STATUSES:
             raise ValueError(status)
         with self.engine.begin() as con:
-            con.execute(S.runs.update().where(S.runs.c.id == run_id)
-                        .values(status=status, finished_at=time.time()))
+            con.execute(
+                S.runs.update()
+                .where(S.runs.c.id == run_id)
+                .values(status=status, finished_at=time.time())
+            )
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         with self.read_engine.connect() as con:
@@ -308,14 +401,21 @@ class Store:
 
     def runs(self, limit: int = 200) -> list[dict[str, Any]]:
         with self.read_engine.connect() as con:
-            rows = con.execute(sa.select(S.runs).order_by(S.runs.c.started_at.desc())
-                               .limit(limit)).mappings().all()
+            rows = (
+                con.execute(sa.select(S.runs).order_by(S.runs.c.started_at.desc()).limit(limit))
+                .mappings()
+                .all()
+            )
         return [self._run_view(dict(r)) for r in rows]
 
     @staticmethod
     def _run_view(row: dict[str, Any]) -> dict[str, Any]:
         """A `running` run whose process is gone on this host is shown as `interrupted`."""
-        if row["status"] == "running" and row.get("host") == socket.gethostname() and row.get("pid"):
+        if (
+            row["status"] == "running"
+            and row.get("host") == socket.gethostname()
+            and row.get("pid")
+        ):
             if not _pid_alive(int(row["pid"])):
                 row["status"] = "interrupted"
         return row
@@ -326,19 +426,33 @@ class Store:
         cell = result["cell"]
         from memgauge.cell import Cell
 
-        c = Cell(model=cell["model"], mode=cell["mode"], techniques=list(cell["techniques"]),
-                 batch=cell["batch"], seq_len=cell["seq_len"], dtype=cell["dtype"],
-                 device=cell["device"], **result.get("cell_extra", {}))
+        c = Cell(
+            model=cell["model"],
+            mode=cell["mode"],
+            techniques=list(cell["techniques"]),
+            batch=cell["batch"],
+            seq_len=cell["seq_len"],
+            dtype=cell["dtype"],
+            device=cell["device"],
+            **result.get("cell_extra", {}),
+        )
         env = result.get("env") or {}
         from memgauge.results.provenance import env_hash
 
         row = {
-            "run_id": run_id, "cell_key": cell["key"], "baseline_key": c.baseline_key,
-            "model": cell["model"], "mode": cell["mode"],
+            "run_id": run_id,
+            "cell_key": cell["key"],
+            "baseline_key": c.baseline_key,
+            "model": cell["model"],
+            "mode": cell["mode"],
             "techniques": S.technique_label(cell["techniques"]),
-            "n_techniques": len(cell["techniques"]), "batch": cell["batch"],
-            "seq_len": cell["seq_len"], "dtype": cell["dtype"], "device": cell["device"],
-            "status": result["status"], "error": result.get("error"),
+            "n_techniques": len(cell["techniques"]),
+            "batch": cell["batch"],
+            "seq_len": cell["seq_len"],
+            "dtype": cell["dtype"],
+            "device": cell["device"],
+            "status": result["status"],
+            "error": result.get("error"),
             **S.flatten(result),
             "env_hash": env_hash(env) if env else None,
             "workload_version": env.get("workload_version"),
@@ -347,8 +461,11 @@ class Store:
         }
         with self.engine.begin() as con:
             if replace:
-                old = con.execute(sa.select(S.results.c.id).where(
-                    (S.results.c.run_id == run_id) & (S.results.c.cell_key == cell["key"]))).scalar()
+                old = con.execute(
+                    sa.select(S.results.c.id).where(
+                        (S.results.c.run_id == run_id) & (S.results.c.cell_key == cell["key"])
+                    )
+                ).scalar()
                 if old is not None:
                     con.execute(S.breakdown.delete().where(S.breakdown.c.result_id == old))
                     con.execute(S.results.delete().where(S.results.c.id == old))
@@ -374,23 +491,35 @@ class Store:
 
     def result_json(self, result_id: int) -> dict[str, Any]:
         with self.read_engine.connect() as con:
-            raw = con.execute(sa.select(S.results.c.result_json)
-                              .where(S.results.c.id == result_id)).scalar_one()
+            raw = con.execute(
+                sa.select(S.results.c.result_json).where(S.results.c.id == result_id)
+            ).scalar_one()
         return json.loads(raw)
 
     def cell_statuses(self, run_id: str) -> dict[str, str]:
         with self.read_engine.connect() as con:
-            rows = con.execute(sa.select(S.results.c.cell_key, S.results.c.status)
-                               .where(S.results.c.run_id == run_id)).all()
+            rows = con.execute(
+                sa.select(S.results.c.cell_key, S.results.c.status).where(
+                    S.results.c.run_id == run_id
+                )
+            ).all()
         return {k: s for k, s in rows}
 
     def latest_baseline(self, baseline_key: str) -> dict[str, Any] | None:
         """The newest ok result with this cell key (baselines are deterministic per code version)."""
         with self.read_engine.connect() as con:
-            row = con.execute(
-                sa.select(S.results.c.loss, S.results.c.peak_allocated, S.results.c.tokens_per_s)
-                .where((S.results.c.cell_key == baseline_key) & (S.results.c.status == "ok"))
-                .order_by(S.results.c.created_at.desc()).limit(1)).mappings().first()
+            row = (
+                con.execute(
+                    sa.select(
+                        S.results.c.loss, S.results.c.peak_allocated, S.results.c.tokens_per_s
+                    )
+                    .where((S.results.c.cell_key == baseline_key) & (S.results.c.status == "ok"))
+                    .order_by(S.results.c.created_at.desc())
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
         return dict(row) if row else None
 
     def integrity_ok(self) -> bool:

@@ -12,5 +12,14 @@ from memgauge.techniques.base import (
     registry,
 )
 
-__all__ = ["CATEGORIES", "Technique", "Unsupported", "canonical", "describe", "parse_technique",
-           "parse_techniques", "register", "registry"]
+__all__ = [
+    "CATEGORIES",
+    "Technique",
+    "Unsupported",
+    "canonical",
+    "describe",
+    "parse_technique",
+    "parse_techniques",
+    "register",
+    "registry",
+]

@@ -15,9 +15,18 @@ def adapted_shapes(spec: Any, targets: tuple[str, ...]) -> list[tuple[int, int]]
     """(in, out) of every adapted matrix, for the analytic count r·(d+k)."""
     h, f = spec.hidden, spec.ffn
     kv = spec.kv_heads * spec.head_dim
-    shapes = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
-              "gate_proj": (h, f), "up_proj": (h, f), "down_proj": (f, h),
-              "c_attn": (h, 3 * h), "c_proj": (h, h), "c_fc": (h, f)}
+    shapes = {
+        "q_proj": (h, h),
+        "k_proj": (h, kv),
+        "v_proj": (h, kv),
+        "o_proj": (h, h),
+        "gate_proj": (h, f),
+        "up_proj": (h, f),
+        "down_proj": (f, h),
+        "c_attn": (h, 3 * h),
+        "c_proj": (h, h),
+        "c_fc": (h, f),
+    }
     out = []
     for t in targets:
         if t not in shapes:
@@ -42,8 +51,10 @@ class Lora(Technique):
     requires: ClassVar[tuple[str, ...]] = ("peft",)
     order: ClassVar[int] = 40
     __field_docs__: ClassVar[dict[str, str]] = {
-        "r": "adapter rank", "alpha": "scaling numerator (scale = alpha / r)",
-        "targets": "module names joined by + (default: q_proj+v_proj; c_attn for gpt2)"}
+        "r": "adapter rank",
+        "alpha": "scaling numerator (scale = alpha / r)",
+        "targets": "module names joined by + (default: q_proj+v_proj; c_attn for gpt2)",
+    }
 
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or self.r < 1:
@@ -59,8 +70,14 @@ class Lora(Technique):
 
         targets = self._targets(wl.spec)
         adapted_shapes(wl.spec, targets)  # validates the names
-        cfg = LoraConfig(r=self.r, lora_alpha=self.alpha, target_modules=list(targets),
-                         lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+        cfg = LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            target_modules=list(targets),
+            lora_dropout=0.0,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
         wl.model = get_peft_model(wl.hf_model, cfg)
 
     def analytic(self, est: Any) -> None:
@@ -99,13 +116,24 @@ class QLora(Technique):
     saves: ClassVar[tuple[str, ...]] = ("parameters", "gradients", "optimizer_state", "activations")
     modes: ClassVar[tuple[str, ...]] = ("train",)
     requires: ClassVar[tuple[str, ...]] = ("peft", "bitsandbytes")
-    conflicts: ClassVar[tuple[str, ...]] = ("lora", "checkpoint", "selective_checkpoint", "int8wo",
-                                            "int4wo", "bnb4bit", "fp8wo", "dynamic_int8")
+    conflicts: ClassVar[tuple[str, ...]] = (
+        "lora",
+        "checkpoint",
+        "selective_checkpoint",
+        "int8wo",
+        "int4wo",
+        "bnb4bit",
+        "fp8wo",
+        "dynamic_int8",
+    )
     order: ClassVar[int] = 40
     __field_docs__: ClassVar[dict[str, str]] = {
-        "r": "adapter rank", "alpha": "scaling numerator (scale = alpha / r)",
+        "r": "adapter rank",
+        "alpha": "scaling numerator (scale = alpha / r)",
         "targets": "module names joined by + (default: q_proj+v_proj)",
-        "quant_type": "nf4 or fp4", "double_quant": "quantize the absmax constants too"}
+        "quant_type": "nf4 or fp4",
+        "double_quant": "quantize the absmax constants too",
+    }
 
     def __post_init__(self) -> None:
         Lora(r=self.r, alpha=self.alpha, targets=self.targets)  # same validation
@@ -127,8 +155,14 @@ class QLora(Technique):
         # (is_loaded_in_4bit); these were quantized here, so it is enabled explicitly below
         model = prepare_model_for_kbit_training(wl.hf_model, use_gradient_checkpointing=False)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        cfg = LoraConfig(r=self.r, lora_alpha=self.alpha, target_modules=list(targets),
-                         lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+        cfg = LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            target_modules=list(targets),
+            lora_dropout=0.0,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
         wl.model = get_peft_model(model, cfg)
 
     def analytic(self, est: Any) -> None:

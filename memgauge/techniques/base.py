@@ -20,8 +20,16 @@ from memgauge.spec import SpecError, build_dataclass, dataclass_options, format_
 if TYPE_CHECKING:  # pragma: no cover
     from memgauge.workloads.context import BuildOptions, Workload
 
-CATEGORIES = ("parameters", "buffers", "gradients", "optimizer_state", "activations",
-              "temporaries", "kv_cache", "other")
+CATEGORIES = (
+    "parameters",
+    "buffers",
+    "gradients",
+    "optimizer_state",
+    "activations",
+    "temporaries",
+    "kv_cache",
+    "other",
+)
 ALL_MODES = ("train", "prefill", "decode")
 
 
@@ -150,8 +158,10 @@ def parse_techniques(texts: list[str]) -> list[Technique]:
     for t in techs:
         for other in t.conflicts:
             if other in names:
-                raise SpecError(f"techniques {t.name!r} and {other!r} cannot be combined: "
-                                f"{t.name} declares a conflict with {other}")
+                raise SpecError(
+                    f"techniques {t.name!r} and {other!r} cannot be combined: "
+                    f"{t.name} declares a conflict with {other}"
+                )
     return sorted(techs, key=lambda t: (t.order, t.name))
 
 
@@ -164,9 +174,17 @@ def describe() -> list[dict[str, Any]]:
     """One row per technique for `memgauge list techniques`."""
     rows = []
     for name, cls in registry().items():
-        rows.append({
-            "name": name, "family": cls.family, "summary": cls.summary, "saves": list(cls.saves),
-            "modes": list(cls.modes), "devices": list(cls.devices), "requires": list(cls.requires),
-            "conflicts": list(cls.conflicts), "options": dataclass_options(cls),
-        })
+        rows.append(
+            {
+                "name": name,
+                "family": cls.family,
+                "summary": cls.summary,
+                "saves": list(cls.saves),
+                "modes": list(cls.modes),
+                "devices": list(cls.devices),
+                "requires": list(cls.requires),
+                "conflicts": list(cls.conflicts),
+                "options": dataclass_options(cls),
+            }
+        )
     return rows

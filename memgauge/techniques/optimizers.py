@@ -80,8 +80,20 @@ def param_shapes(spec: Any) -> list[tuple[int, ...]]:
         layer = [(h, h), (kv, h), (kv, h), (h, h), (f, h), (f, h), (h, f), (h,), (h,)]
         out += layer * L + [(h,)]
     else:
-        layer = [(h, 3 * h), (3 * h,), (h, h), (h,), (h, f), (f,), (f, h), (h,), (h,), (h,),
-                 (h,), (h,)]
+        layer = [
+            (h, 3 * h),
+            (3 * h,),
+            (h, h),
+            (h,),
+            (h, f),
+            (f,),
+            (f, h),
+            (h,),
+            (h,),
+            (h,),
+            (h,),
+            (h,),
+        ]
         out += layer * L + [(h,), (h,), (spec.max_pos, h)]
     if not spec.tie:
         out.append((V, h))
@@ -91,8 +103,10 @@ def param_shapes(spec: Any) -> list[tuple[int, ...]]:
 def _set_state_bytes(est: Any, total_bytes: float, what: str) -> None:
     """Optimizer state of the whole model's shapes, as bytes/param (per-tensor extras included)."""
     if est.trainable_params != est.total_params:
-        est.notes.append(f"{what}: state modelled for the full model's shapes; the trainable "
-                         "subset (adapters) is approximated per parameter")
+        est.notes.append(
+            f"{what}: state modelled for the full model's shapes; the trainable "
+            "subset (adapters) is approximated per parameter"
+        )
     full = sum(math.prod(s) for s in param_shapes(est.spec))
     est.opt_bytes_per_param = total_bytes / full if full else 0.0
     est.opt_extra_bytes = 0.0
@@ -147,9 +161,11 @@ class TorchaoAdamW8bit(Technique):
         cls = AdamW8bit if self.bits == 8 else AdamW4bit
         wl.optimizer_factory = lambda params: EagerUnderDispatchMode(cls(params, lr=self.lr))
         if wl.device.type == "cpu":
-            wl.notes.append(f"{self.name}: torch.compile'd step (inductor C++ on CPU); the "
-                            "breakdown pass runs it eagerly (compile cannot trace under the "
-                            "tensor tracker)")
+            wl.notes.append(
+                f"{self.name}: torch.compile'd step (inductor C++ on CPU); the "
+                "breakdown pass runs it eagerly (compile cannot trace under the "
+                "tensor tracker)"
+            )
 
     def analytic(self, est: Any) -> None:
         total = 0.0
@@ -199,8 +215,9 @@ class Adafactor(Technique):
 
         if not hasattr(torch.optim, "Adafactor"):
             raise Unsupported("adafactor needs torch.optim.Adafactor (torch >= 2.5)")
-        wl.optimizer_factory = lambda params: torch.optim.Adafactor(params, lr=self.lr,
-                                                                     foreach=False)
+        wl.optimizer_factory = lambda params: torch.optim.Adafactor(
+            params, lr=self.lr, foreach=False
+        )
 
     def analytic(self, est: Any) -> None:
         total = 0.0
@@ -225,8 +242,10 @@ class Sgd(Technique):
     modes: ClassVar[tuple[str, ...]] = ("train",)
     conflicts: ClassVar[tuple[str, ...]] = tuple(n for n in _OPTIMIZERS if n != "sgd")
     order: ClassVar[int] = 60
-    __field_docs__: ClassVar[dict[str, str]] = {"lr": "learning rate",
-                                                "momentum": "momentum (0 = none: no state)"}
+    __field_docs__: ClassVar[dict[str, str]] = {
+        "lr": "learning rate",
+        "momentum": "momentum (0 = none: no state)",
+    }
 
     def __post_init__(self) -> None:
         _check_lr(self.lr)
@@ -236,9 +255,9 @@ class Sgd(Technique):
     def apply(self, wl: Any) -> None:
         import torch
 
-        wl.optimizer_factory = lambda params: torch.optim.SGD(params, lr=self.lr,
-                                                               momentum=self.momentum,
-                                                               foreach=False)
+        wl.optimizer_factory = lambda params: torch.optim.SGD(
+            params, lr=self.lr, momentum=self.momentum, foreach=False
+        )
 
     def analytic(self, est: Any) -> None:
         # the momentum buffer has the parameter's dtype; no step counter; updates are in place
@@ -256,6 +275,7 @@ class PerParameterOptimizer:
         self.optimizers = {p: factory([p]) for p in params}
         self._hooks = []
         for p, opt in self.optimizers.items():
+
             def hook(param: Any, opt: Any = opt) -> None:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
@@ -293,7 +313,9 @@ class OptimizerInBackward(Technique):
 
     name: ClassVar[str] = "optimizer_in_backward"
     family: ClassVar[str] = "optimizer"
-    summary: ClassVar[str] = "optimizer step fused into backward (per-parameter hooks): frees gradients"
+    summary: ClassVar[str] = (
+        "optimizer step fused into backward (per-parameter hooks): frees gradients"
+    )
     saves: ClassVar[tuple[str, ...]] = ("gradients",)
     modes: ClassVar[tuple[str, ...]] = ("train",)
     # micro-batches would step once per micro-batch instead of once per global batch
@@ -304,7 +326,9 @@ class OptimizerInBackward(Technique):
         import torch
 
         if not hasattr(torch.Tensor, "register_post_accumulate_grad_hook"):
-            raise Unsupported("optimizer_in_backward needs Tensor.register_post_accumulate_grad_hook")
+            raise Unsupported(
+                "optimizer_in_backward needs Tensor.register_post_accumulate_grad_hook"
+            )
         inner = wl.optimizer_factory
         wl.optimizer_factory = lambda params: PerParameterOptimizer(params, inner)
         wl.fused_optimizer_step = True

@@ -99,15 +99,19 @@ class PureBf16(Technique):
     name: ClassVar[str] = "pure_bf16"
     family: ClassVar[str] = "precision"
     summary: ClassVar[str] = "bf16 parameters, gradients and optimizer state (8 B/param with AdamW)"
-    saves: ClassVar[tuple[str, ...]] = ("parameters", "gradients", "optimizer_state",
-                                        "activations", "kv_cache")
+    saves: ClassVar[tuple[str, ...]] = (
+        "parameters",
+        "gradients",
+        "optimizer_state",
+        "activations",
+        "kv_cache",
+    )
     conflicts: ClassVar[tuple[str, ...]] = ("autocast",)
     order: ClassVar[int] = 15
 
     def extra_unsupported_reason(self, *, mode: str, device: str, dtype: str) -> str | None:
         if dtype != "float32":
-            return (f"pure_bf16 turns a float32 cell into bf16; this cell's dtype is already "
-                    f"{dtype}")
+            return f"pure_bf16 turns a float32 cell into bf16; this cell's dtype is already {dtype}"
         return None
 
     def before_build(self, build: Any) -> None:

@@ -48,7 +48,9 @@ class Int8WeightOnly(Technique):
         if wl.spec.family != "llama":
             from memgauge.techniques.base import Unsupported
 
-            raise Unsupported("int8wo: GPT-2 uses transformers Conv1D, which torchao does not quantize")
+            raise Unsupported(
+                "int8wo: GPT-2 uses transformers Conv1D, which torchao does not quantize"
+            )
         head = wl.head
 
         def keep(module: torch.nn.Module, fqn: str) -> bool:
@@ -89,8 +91,9 @@ def _quantized_linears(wl: Any, include_head: bool) -> list[tuple[Any, str, Any]
 
 def _need_llama(name: str, wl: Any) -> None:
     if wl.spec.family != "llama":
-        raise Unsupported(f"{name}: GPT-2 uses transformers Conv1D, which this quantizer does "
-                          "not replace")
+        raise Unsupported(
+            f"{name}: GPT-2 uses transformers Conv1D, which this quantizer does not replace"
+        )
 
 
 @register
@@ -112,7 +115,8 @@ class Int4WeightOnly(Technique):
     order: ClassVar[int] = 30
     __field_docs__: ClassVar[dict[str, str]] = {
         "group_size": "elements per scale/zero group (32, 64, 128, 256)",
-        "include_head": "quantize the LM head too"}
+        "include_head": "quantize the LM head too",
+    }
 
     def __post_init__(self) -> None:
         if self.group_size not in (32, 64, 128, 256):
@@ -128,8 +132,11 @@ class Int4WeightOnly(Technique):
 
         _need_llama(self.name, wl)
         chosen = {id(m) for _, _, m in _quantized_linears(wl, self.include_head)}
-        quantize_(wl.hf_model, Int4WeightOnlyConfig(group_size=self.group_size),
-                  filter_fn=lambda m, fqn: id(m) in chosen)
+        quantize_(
+            wl.hf_model,
+            Int4WeightOnlyConfig(group_size=self.group_size),
+            filter_fn=lambda m, fqn: id(m) in chosen,
+        )
 
     def analytic(self, est: Any) -> None:
         elems, _ = _linear_weights(est.spec, self.include_head)
@@ -148,7 +155,9 @@ class Bnb4bit(Technique):
     include_head: bool = False
     name: ClassVar[str] = "bnb4bit"
     family: ClassVar[str] = "quantization"
-    summary: ClassVar[str] = "bitsandbytes 4-bit NF4/FP4 weights: 4.5 bits/param (4.127 double-quant)"
+    summary: ClassVar[str] = (
+        "bitsandbytes 4-bit NF4/FP4 weights: 4.5 bits/param (4.127 double-quant)"
+    )
     saves: ClassVar[tuple[str, ...]] = ("parameters",)
     modes: ClassVar[tuple[str, ...]] = ("prefill", "decode")
     requires: ClassVar[tuple[str, ...]] = ("bitsandbytes",)
@@ -158,13 +167,16 @@ class Bnb4bit(Technique):
         "quant_type": "nf4 (normal-float, QLoRA) or fp4",
         "double_quant": "quantize the absmax constants too (8-bit, blocks of 256)",
         "blocksize": "elements per absmax block (64, 128, 256, ...)",
-        "include_head": "quantize the LM head too"}
+        "include_head": "quantize the LM head too",
+    }
 
     def __post_init__(self) -> None:
         if self.quant_type not in ("nf4", "fp4"):
             raise ValueError(f"quant_type must be nf4 or fp4, got {self.quant_type!r}")
         if self.blocksize not in (32, 64, 128, 256, 512, 1024, 2048, 4096):
-            raise ValueError(f"blocksize must be a power of two in 32..4096, got {self.blocksize!r}")
+            raise ValueError(
+                f"blocksize must be a power of two in 32..4096, got {self.blocksize!r}"
+            )
 
     def apply(self, wl: Any) -> None:
         _need_llama(self.name, wl)
@@ -172,7 +184,9 @@ class Bnb4bit(Technique):
 
     def analytic(self, est: Any) -> None:
         elems, _ = _linear_weights(est.spec, self.include_head)
-        est.param_bytes += elems * bnb4_bytes_per_param(self.double_quant, self.blocksize) - elems * est.e
+        est.param_bytes += (
+            elems * bnb4_bytes_per_param(self.double_quant, self.blocksize) - elems * est.e
+        )
 
 
 def bnb4_bytes_per_param(double_quant: bool, blocksize: int) -> float:
@@ -183,19 +197,30 @@ def bnb4_bytes_per_param(double_quant: bool, blocksize: int) -> float:
     return 0.5 + 4 / blocksize
 
 
-def quantize_bnb4(wl: Any, quant_type: str, double_quant: bool, blocksize: int,
-                  include_head: bool) -> int:
+def quantize_bnb4(
+    wl: Any, quant_type: str, double_quant: bool, blocksize: int, include_head: bool
+) -> int:
     """Replace Linear layers by bitsandbytes Linear4bit in place; returns how many."""
     import bitsandbytes as bnb
 
     n = 0
     for parent, attr, lin in _quantized_linears(wl, include_head):
-        q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
-                              compute_dtype=lin.weight.dtype, compress_statistics=double_quant,
-                              quant_type=quant_type, device="meta")
-        q.weight = bnb.nn.Params4bit(lin.weight.data.to("cpu"), requires_grad=False,
-                                     quant_type=quant_type, compress_statistics=double_quant,
-                                     blocksize=blocksize)
+        q = bnb.nn.Linear4bit(
+            lin.in_features,
+            lin.out_features,
+            bias=lin.bias is not None,
+            compute_dtype=lin.weight.dtype,
+            compress_statistics=double_quant,
+            quant_type=quant_type,
+            device="meta",
+        )
+        q.weight = bnb.nn.Params4bit(
+            lin.weight.data.to("cpu"),
+            requires_grad=False,
+            quant_type=quant_type,
+            compress_statistics=double_quant,
+            blocksize=blocksize,
+        )
         if lin.bias is not None:
             q.bias = lin.bias
         setattr(parent, attr, q.to(lin.weight.device))  # .to() quantizes the weight
@@ -231,8 +256,10 @@ class Fp8WeightOnly(Technique):
         chosen = {id(m) for _, _, m in _quantized_linears(wl, self.include_head)}
         quantize_(wl.hf_model, Float8WeightOnlyConfig(), filter_fn=lambda m, fqn: id(m) in chosen)
         if wl.device.type == "cpu":
-            wl.notes.append("fp8wo on CPU: weights stored in fp8, matmuls dequantize to the "
-                            "activation dtype (no fp8 kernel)")
+            wl.notes.append(
+                "fp8wo on CPU: weights stored in fp8, matmuls dequantize to the "
+                "activation dtype (no fp8 kernel)"
+            )
 
     def analytic(self, est: Any) -> None:
         elems, rows = _linear_weights(est.spec, self.include_head)
@@ -252,8 +279,9 @@ class DynamicInt8(Technique):
     saves: ClassVar[tuple[str, ...]] = ("parameters",)
     modes: ClassVar[tuple[str, ...]] = ("prefill", "decode")
     devices: ClassVar[tuple[str, ...]] = ("cpu",)  # quantized::linear_dynamic has CPU kernels only
-    conflicts: ClassVar[tuple[str, ...]] = tuple(n for n in _WEIGHT_QUANTIZERS
-                                                 if n != "dynamic_int8") + ("autocast",)
+    conflicts: ClassVar[tuple[str, ...]] = tuple(
+        n for n in _WEIGHT_QUANTIZERS if n != "dynamic_int8"
+    ) + ("autocast",)
     order: ClassVar[int] = 30
     __field_docs__: ClassVar[dict[str, str]] = {"include_head": "quantize the LM head too"}
 
@@ -277,8 +305,10 @@ class DynamicInt8(Technique):
                 quantize_dynamic(wrapper, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
                 setattr(parent, attr, wrapper[0])
         # packed weights live in C++ objects, invisible to parameter walks: say so
-        wl.notes.append("dynamic_int8: weights are fbgemm-packed (not nn.Parameters); "
-                        "see dynamic_int8_weight_bytes")
+        wl.notes.append(
+            "dynamic_int8: weights are fbgemm-packed (not nn.Parameters); "
+            "see dynamic_int8_weight_bytes"
+        )
 
     def analytic(self, est: Any) -> None:
         elems, _ = _linear_weights(est.spec, self.include_head)
@@ -294,5 +324,7 @@ def dynamic_int8_weight_bytes(model: Any) -> int:
     for m in model.modules():
         if isinstance(m, DynLinear):
             w, b = m._packed_params._weight_bias()
-            total += w.numel() * w.element_size() + (b.numel() * b.element_size() if b is not None else 0)
+            total += w.numel() * w.element_size() + (
+                b.numel() * b.element_size() if b is not None else 0
+            )
     return total

@@ -31,7 +31,8 @@ class ActivationCheckpointing(Technique):
 
     def apply(self, wl: Any) -> None:
         wl.hf_model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
         for i, layer in enumerate(self._layers(wl)):
             layer.gradient_checkpointing = i % self.every == 0
 
@@ -43,8 +44,12 @@ class ActivationCheckpointing(Technique):
 # Ops whose outputs a selective policy can keep (the rest of the layer is recomputed).
 _SAVE_OPS = {
     "mm": ("mm", "addmm", "bmm", "linear"),
-    "sdpa": ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
-             "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention"),
+    "sdpa": (
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
+    ),
 }
 
 
@@ -63,12 +68,15 @@ class SelectiveCheckpointing(Technique):
     modes: ClassVar[tuple[str, ...]] = ("train",)
     conflicts: ClassVar[tuple[str, ...]] = ("checkpoint",)
     __field_docs__: ClassVar[dict[str, str]] = {
-        "save": "op groups whose outputs are kept, joined by + (mm, sdpa)"}
+        "save": "op groups whose outputs are kept, joined by + (mm, sdpa)"
+    }
 
     def __post_init__(self) -> None:
         bad = [s for s in self.save if s not in _SAVE_OPS]
         if bad or not self.save:
-            raise ValueError(f"save must name op groups from {', '.join(_SAVE_OPS)}, got {self.save!r}")
+            raise ValueError(
+                f"save must name op groups from {', '.join(_SAVE_OPS)}, got {self.save!r}"
+            )
 
     def policy_ops(self) -> set[Any]:
         import torch
@@ -91,9 +99,12 @@ class SelectiveCheckpointing(Technique):
         def policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
             return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
 
-        wl.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={
-            "use_reentrant": False,
-            "context_fn": functools.partial(create_selective_checkpoint_contexts, policy)})
+        wl.hf_model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={
+                "use_reentrant": False,
+                "context_fn": functools.partial(create_selective_checkpoint_contexts, policy),
+            }
+        )
 
     def analytic(self, est: Any) -> None:
         s = est.spec
@@ -110,8 +121,10 @@ class SelectiveCheckpointing(Technique):
         if "sdpa" in self.save:
             kept += s.hidden * est.c + s.heads * 4  # output + fp32 log-sum-exp
         wrap_layer_activation(est, lambda full: min(full, kept), self.name)
-        est.notes.append("selective_checkpoint: the recomputed rest of one layer during its "
-                         "backward is not modelled")
+        est.notes.append(
+            "selective_checkpoint: the recomputed rest of one layer during its "
+            "backward is not modelled"
+        )
 
 
 @register
@@ -133,8 +146,10 @@ class OffloadActivations(Technique):
 
     def unsupported_reason(self, *, mode: str, device: str, dtype: str) -> str | None:
         if device.split(":")[0] == "cpu" and mode in self.modes:
-            return ("offload_activations moves saved tensors from the accelerator to host memory; "
-                    "on a cpu device they already are in host memory (save_on_cpu is a no-op)")
+            return (
+                "offload_activations moves saved tensors from the accelerator to host memory; "
+                "on a cpu device they already are in host memory (save_on_cpu is a no-op)"
+            )
         return super().unsupported_reason(mode=mode, device=device, dtype=dtype)
 
     def apply(self, wl: Any) -> None:  # pragma: no cover - CUDA only
@@ -147,5 +162,7 @@ class OffloadActivations(Technique):
         # device-side, the saved tensors of the layer being differentiated come back one layer
         # at a time; the rest sit in host memory
         wrap_layer_activation(est, lambda b: 0.0, self.name)
-        est.notes.append("offload_activations: saved activations modelled as host-resident "
-                         "(one layer's come back during its backward; not modelled)")
+        est.notes.append(
+            "offload_activations: saved activations modelled as host-resident "
+            "(one layer's come back during its backward; not modelled)"
+        )

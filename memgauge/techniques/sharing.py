@@ -37,8 +37,11 @@ class TiedEmbeddings(Technique):
         est.tied = True
 
 
-_PARTS = {"all": ("self_attn", "mlp", "input_layernorm", "post_attention_layernorm"),
-          "attention": ("self_attn",), "ffn": ("mlp",)}
+_PARTS = {
+    "all": ("self_attn", "mlp", "input_layernorm", "post_attention_layernorm"),
+    "attention": ("self_attn",),
+    "ffn": ("mlp",),
+}
 
 
 @register
@@ -52,12 +55,15 @@ class CrossLayerSharing(Technique):
     part: str = "all"
     name: ClassVar[str] = "share_layers"
     family: ClassVar[str] = "sharing"
-    summary: ClassVar[str] = "ALBERT cross-layer sharing: groups of k layers share one set of weights"
+    summary: ClassVar[str] = (
+        "ALBERT cross-layer sharing: groups of k layers share one set of weights"
+    )
     saves: ClassVar[tuple[str, ...]] = ("parameters", "gradients", "optimizer_state")
     order: ClassVar[int] = 12
     __field_docs__: ClassVar[dict[str, str]] = {
         "group": "consecutive layers that share one layer's weights (>= 2)",
-        "part": "what is shared: all, attention or ffn"}
+        "part": "what is shared: all, attention or ffn",
+    }
 
     def __post_init__(self) -> None:
         if isinstance(self.group, bool) or not isinstance(self.group, int) or self.group < 2:
@@ -89,8 +95,11 @@ class CrossLayerSharing(Technique):
         """Parameters removed: (L - ceil(L/group)) copies of the shared part of a layer."""
         h, f = spec.hidden, spec.ffn
         kv = spec.kv_heads * spec.head_dim
-        part = {"all": 2 * h * h + 2 * h * kv + 3 * h * f + 2 * h,
-                "attention": 2 * h * h + 2 * h * kv, "ffn": 3 * h * f}[self.part]
+        part = {
+            "all": 2 * h * h + 2 * h * kv + 3 * h * f + 2 * h,
+            "attention": 2 * h * h + 2 * h * kv,
+            "ffn": 3 * h * f,
+        }[self.part]
         return (spec.layers - math.ceil(spec.layers / self.group)) * part
 
     def analytic(self, est: Any) -> None:

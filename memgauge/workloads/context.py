@@ -41,7 +41,9 @@ class Workload:
     device: torch.device
     dtype: torch.dtype
     mode: str
-    optimizer_factory: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer] = default_optimizer
+    optimizer_factory: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer] = (
+        default_optimizer
+    )
     loss_fn: Callable[..., torch.Tensor] = default_loss
     autocast: Callable[[], Any] = contextlib.nullcontext
     saved_tensors: Callable[[], Any] = contextlib.nullcontext
@@ -52,7 +54,9 @@ class Workload:
     notes: list[str] = field(default_factory=list)
     cache_observer: Callable[[Any], None] | None = None  # called with the cache after forwards
     last_cache: Any = None  # the KV cache of the last prefill/decode step (for the breakdown)
-    step_wrappers: list[Callable[[Callable[[], Any]], Callable[[], Any]]] = field(default_factory=list)
+    step_wrappers: list[Callable[[Callable[[], Any]], Callable[[], Any]]] = field(
+        default_factory=list
+    )
 
     @property
     def head(self) -> torch.nn.Module:

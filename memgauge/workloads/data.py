@@ -40,7 +40,9 @@ def corpus_bytes() -> bytes:
                 mod = importlib.import_module(name)
             except Exception:  # a module missing from this Python build
                 continue
-            objs = [mod] + [getattr(mod, a, None) for a in sorted(dir(mod)) if not a.startswith("_")]
+            objs = [mod] + [
+                getattr(mod, a, None) for a in sorted(dir(mod)) if not a.startswith("_")
+            ]
             for obj in objs:
                 doc = inspect.getdoc(obj) if obj is not None else None
                 if doc and len(doc) > 80 and doc not in seen:
@@ -48,8 +50,10 @@ def corpus_bytes() -> bytes:
                     parts.append(doc)
     text = "\n\n".join(parts)
     if len(text) < 100_000:
-        raise RuntimeError("the standard-library corpus is unexpectedly small: "
-                           f"{len(text)} characters from {sys.version}")
+        raise RuntimeError(
+            "the standard-library corpus is unexpectedly small: "
+            f"{len(text)} characters from {sys.version}"
+        )
     return text.encode("utf-8")
 
 
@@ -73,7 +77,7 @@ def corpus_batch(split: str, batch: int, seq_len: int, *, index: int = 0, vocab:
     n = seq_len + 1
     need = batch * n
     start = (index * need) % max(1, len(data) - need)
-    chunk = data[start:start + need]
+    chunk = data[start : start + need]
     t = torch.frombuffer(bytearray(chunk), dtype=torch.uint8).to(torch.int64)
     return t.view(batch, n)
 

@@ -66,8 +66,9 @@ def kill_current() -> None:
     distributed.kill_tree(proc.pid)
 
 
-def run_isolated(cell: dict[str, Any], *, timeout_s: float | None = None,
-                 python: str | None = None) -> dict[str, Any]:
+def run_isolated(
+    cell: dict[str, Any], *, timeout_s: float | None = None, python: str | None = None
+) -> dict[str, Any]:
     """Run one cell; always returns a result dict with a status, whatever the worker did."""
     global _current
     from memgauge.workloads.worker import _empty_result
@@ -84,11 +85,17 @@ def run_isolated(cell: dict[str, Any], *, timeout_s: float | None = None,
         env[distributed.CELL_FILE_ENV] = os.path.join(rank_dir, "cell.json")
         env[distributed.RANK_DIR_ENV] = rank_dir
         cmd = distributed.launch_command(python or sys.executable, nproc)
-    with tempfile.TemporaryFile() as out, tempfile.NamedTemporaryFile(
-            "w+b", suffix=".stderr", delete=False) as err:
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.NamedTemporaryFile("w+b", suffix=".stderr", delete=False) as err,
+    ):
         t0 = time.time()
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=out, stderr=err, env=env,
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=err,
+            env=env,
             start_new_session=True,  # its own process group: a timeout kills children too
         )
         _current = proc
@@ -144,8 +151,12 @@ def run_isolated(cell: dict[str, Any], *, timeout_s: float | None = None,
     elif result is None:
         result = _empty_result(cell)
         if rc < 0:
-            name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
-            result["status"] = "oom" if -rc == signal.SIGKILL and _looks_oom(stderr_tail) else "crashed"
+            name = (
+                signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
+            )
+            result["status"] = (
+                "oom" if -rc == signal.SIGKILL and _looks_oom(stderr_tail) else "crashed"
+            )
             result["error"] = f"worker killed by signal {name} ({-rc})"
         else:
             result["status"] = "oom" if _looks_oom(stderr_tail) else "crashed"
@@ -160,5 +171,9 @@ def run_isolated(cell: dict[str, Any], *, timeout_s: float | None = None,
 
 def _looks_oom(stderr: str) -> bool:
     s = stderr.lower()
-    return "out of memory" in s or "cannot allocate memory" in s or "memoryerror" in s or \
-        "std::bad_alloc" in s
+    return (
+        "out of memory" in s
+        or "cannot allocate memory" in s
+        or "memoryerror" in s
+        or "std::bad_alloc" in s
+    )

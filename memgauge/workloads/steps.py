@@ -67,8 +67,9 @@ def prefill_step(wl: Workload, tokens: torch.Tensor) -> Any:
 
 
 @torch.no_grad()
-def decode_step(wl: Workload, tokens: torch.Tensor, new_tokens: int,
-                token_times_ms: list[float] | None = None) -> torch.Tensor:
+def decode_step(
+    wl: Workload, tokens: torch.Tensor, new_tokens: int, token_times_ms: list[float] | None = None
+) -> torch.Tensor:
     """Prefill the prompt then generate `new_tokens` greedily; per-token times are appended to
     `token_times_ms` (synchronised).  Returns the generated ids (B, new_tokens)."""
     ids = tokens[:, :-1]
@@ -99,18 +100,26 @@ def decode_step(wl: Workload, tokens: torch.Tensor, new_tokens: int,
     return torch.cat(generated, dim=1)
 
 
-def make_step(wl: Workload, batch_fn: Callable[[int], torch.Tensor], new_tokens: int,
-              token_times_ms: list[float] | None = None) -> Callable[[int], Any]:
+def make_step(
+    wl: Workload,
+    batch_fn: Callable[[int], torch.Tensor],
+    new_tokens: int,
+    token_times_ms: list[float] | None = None,
+) -> Callable[[int], Any]:
     """A callable `step(i)` for the workload's mode, with technique step wrappers applied."""
     if wl.mode == "train":
+
         def step(i: int) -> Any:
             return train_step(wl, batch_fn(i))
     elif wl.mode == "prefill":
+
         def step(i: int) -> Any:
             return prefill_step(wl, batch_fn(i))
     else:
+
         def step(i: int) -> Any:
             return decode_step(wl, batch_fn(i), new_tokens, token_times_ms)
+
     for wrap in wl.step_wrappers:
         step = wrap(step)
 

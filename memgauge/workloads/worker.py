@@ -42,8 +42,11 @@ def _is_oom(exc: BaseException) -> bool:
     if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
         return True
     msg = str(exc)
-    return ("can't allocate memory" in msg or "out of memory" in msg.lower()
-            or "DefaultCPUAllocator" in msg)
+    return (
+        "can't allocate memory" in msg
+        or "out of memory" in msg.lower()
+        or "DefaultCPUAllocator" in msg
+    )
 
 
 def _set_mem_limit(limit: int | None, device: str) -> None:
@@ -64,19 +67,45 @@ def _empty_result(cell: dict[str, Any]) -> dict[str, Any]:
     c = Cell.from_dict(cell)
     return {
         "schema_version": SCHEMA_VERSION,
-        "cell": {"model": c.model, "mode": c.mode, "techniques": list(c.techniques),
-                 "batch": c.batch, "seq_len": c.seq_len, "dtype": c.dtype, "device": c.device,
-                 "key": c.key},
-        "status": "error", "error": None,
+        "cell": {
+            "model": c.model,
+            "mode": c.mode,
+            "techniques": list(c.techniques),
+            "batch": c.batch,
+            "seq_len": c.seq_len,
+            "dtype": c.dtype,
+            "device": c.device,
+            "key": c.key,
+        },
+        "status": "error",
+        "error": None,
         "params": {"total": None, "trainable": None},
-        "memory": {"peak_allocated": None, "peak_reserved": None, "device_used_peak": None,
-                   "host_peak": None, "baseline_allocated": None, "baseline_host": None,
-                   "alloc_retries": None, "num_ooms": None,
-                   "breakdown": None, "steady": None},
-        "timing": {"step_ms_p20": None, "step_ms_p50": None, "step_ms_p80": None,
-                   "tokens_per_s": None, "steps": None},
-        "quality": {"loss": None, "loss_delta": None, "kl_to_baseline": None,
-                    "top1_agreement": None, "perplexity": None},
+        "memory": {
+            "peak_allocated": None,
+            "peak_reserved": None,
+            "device_used_peak": None,
+            "host_peak": None,
+            "baseline_allocated": None,
+            "baseline_host": None,
+            "alloc_retries": None,
+            "num_ooms": None,
+            "breakdown": None,
+            "steady": None,
+        },
+        "timing": {
+            "step_ms_p20": None,
+            "step_ms_p50": None,
+            "step_ms_p80": None,
+            "tokens_per_s": None,
+            "steps": None,
+        },
+        "quality": {
+            "loss": None,
+            "loss_delta": None,
+            "kl_to_baseline": None,
+            "top1_agreement": None,
+            "perplexity": None,
+        },
         "prediction": {"analytic_peak": None, "traced_peak": None, "analytic": None},
         "notes": [],
         "env": {},
@@ -123,22 +152,30 @@ def build_workload(cell: Any, techniques: list[Any], dev: Any) -> Any:
     build = BuildOptions(spec=spec, param_dtype=dtype)
     for t in techniques:
         t.before_build(build)
-    model = build_model(build.spec, device=dev, dtype=build.param_dtype, seed=cell.seed,
-                        attn_implementation=build.attn_implementation)
+    model = build_model(
+        build.spec,
+        device=dev,
+        dtype=build.param_dtype,
+        seed=cell.seed,
+        attn_implementation=build.attn_implementation,
+    )
     if cell.mode == "train":
         model.train()
     else:
         model.eval()
-    return Workload(spec=build.spec, model=model, hf_model=model, device=dev, dtype=dtype,
-                    mode=cell.mode)
+    return Workload(
+        spec=build.spec, model=model, hf_model=model, device=dev, dtype=dtype, mode=cell.mode
+    )
 
 
 def _check_shape(cell: Any, spec: Any) -> None:
     total = cell.seq_len + (cell.decode_tokens if cell.mode == "decode" else 0)
     if total > spec.max_pos:
-        raise CellError(f"seq_len {cell.seq_len}"
-                        + (f" + decode_tokens {cell.decode_tokens}" if cell.mode == "decode" else "")
-                        + f" exceeds the model's max positions ({spec.max_pos})")
+        raise CellError(
+            f"seq_len {cell.seq_len}"
+            + (f" + decode_tokens {cell.decode_tokens}" if cell.mode == "decode" else "")
+            + f" exceeds the model's max positions ({spec.max_pos})"
+        )
 
 
 def _inference_quality(wl: Any, cell: Any, ref_logits: Any, tokens: Any) -> dict[str, Any]:
@@ -154,11 +191,19 @@ def _inference_quality(wl: Any, cell: Any, ref_logits: Any, tokens: Any) -> dict
     ref_lp = F.log_softmax(ref_logits, -1)
     lp = F.log_softmax(logits, -1)
     # KL(reference || technique), mean over positions
-    kl = F.kl_div(lp.reshape(-1, lp.size(-1)), ref_lp.reshape(-1, lp.size(-1)), log_target=True,
-                  reduction="batchmean")
+    kl = F.kl_div(
+        lp.reshape(-1, lp.size(-1)),
+        ref_lp.reshape(-1, lp.size(-1)),
+        log_target=True,
+        reduction="batchmean",
+    )
     top1 = (logits.argmax(-1) == ref_logits.argmax(-1)).float().mean()
-    return {"loss": float(nll), "perplexity": float(math.exp(min(float(nll), 50.0))),
-            "kl_to_baseline": max(0.0, float(kl)), "top1_agreement": float(top1)}
+    return {
+        "loss": float(nll),
+        "perplexity": float(math.exp(min(float(nll), 50.0))),
+        "kl_to_baseline": max(0.0, float(kl)),
+        "top1_agreement": float(top1),
+    }
 
 
 def run_cell(cell_dict: dict[str, Any]) -> dict[str, Any]:
@@ -217,9 +262,11 @@ def _run(cell_dict: dict[str, Any], result: dict[str, Any]) -> None:
 
     vocab = wl.spec.vocab
     text_ok = vocab >= 256
-    quality_tokens = (corpus_batch("heldout", min(cell.batch, 4), min(cell.seq_len, 128), vocab=vocab)
-                      if text_ok else synthetic_batch(min(cell.batch, 4), min(cell.seq_len, 128),
-                                                      vocab, seed=cell.seed + 1))
+    quality_tokens = (
+        corpus_batch("heldout", min(cell.batch, 4), min(cell.seq_len, 128), vocab=vocab)
+        if text_ok
+        else synthetic_batch(min(cell.batch, 4), min(cell.seq_len, 128), vocab, seed=cell.seed + 1)
+    )
     ref_logits = None
     if cell.mode != "train":  # the unmodified model's logits, for KL / top-1 agreement
         ref_wl = wl
@@ -244,8 +291,10 @@ def _run(cell_dict: dict[str, Any], result: dict[str, Any]) -> None:
     result["notes"] = list(wl.notes)
 
     # One fixed batch on the device: data loading is not what we measure.
-    data = [synthetic_batch(cell.batch, cell.seq_len, vocab, seed=cell.seed, step=i).to(dev)
-            for i in range(2)]
+    data = [
+        synthetic_batch(cell.batch, cell.seq_len, vocab, seed=cell.seed, step=i).to(dev)
+        for i in range(2)
+    ]
     token_times: list[float] = []
     step = make_step(wl, lambda i: data[i % 2], cell.decode_tokens, token_times)
     sync = _sync_fn(dev)
@@ -274,8 +323,13 @@ def _run(cell_dict: dict[str, Any], result: dict[str, Any]) -> None:
     mem.update({k: v for k, v in host.stop().items() if k in ("host_peak", "baseline_host")})
     if cuda_alloc:
         stats = cuda_alloc.stop()
-        for k in ("peak_allocated", "peak_reserved", "baseline_allocated", "alloc_retries",
-                  "num_ooms"):
+        for k in (
+            "peak_allocated",
+            "peak_reserved",
+            "baseline_allocated",
+            "alloc_retries",
+            "num_ooms",
+        ):
             mem[k] = stats[k]
     if nvml:
         nv = nvml.stop()
@@ -291,8 +345,9 @@ def _run(cell_dict: dict[str, Any], result: dict[str, Any]) -> None:
     else:
         times = timer.times_ms
     timing = timer.summary(times)
-    timing["tokens_per_s"] = (tokens_per_step / (timing["step_ms_p50"] / 1000)
-                              if timing["step_ms_p50"] else None)
+    timing["tokens_per_s"] = (
+        tokens_per_step / (timing["step_ms_p50"] / 1000) if timing["step_ms_p50"] else None
+    )
     timing["steps"] = len(times)
     result["timing"] = timing
 
@@ -352,8 +407,10 @@ def _run(cell_dict: dict[str, Any], result: dict[str, Any]) -> None:
     if cell.mode == "train":
         if text_ok:
             for i in range(cell.quality_steps):
-                train_step(wl, corpus_batch("train", cell.batch, cell.seq_len, index=i,
-                                            vocab=vocab).to(dev))
+                train_step(
+                    wl,
+                    corpus_batch("train", cell.batch, cell.seq_len, index=i, vocab=vocab).to(dev),
+                )
         with torch.no_grad(), wl.autocast():
             ids = quality_tokens.to(dev)
             hidden = wl.backbone(input_ids=ids[:, :-1], use_cache=False).last_hidden_state
@@ -406,8 +463,9 @@ def _die_with_parent() -> None:
 
 def main() -> int:
     _die_with_parent()
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s worker %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s worker %(levelname)s %(message)s"
+    )
     from memgauge.workloads import distributed
 
     # torchrun-launched ranks cannot share one stdin: the cell comes in a file

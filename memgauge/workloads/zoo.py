@@ -73,10 +73,20 @@ FAMILIES = ("llama", "gpt2")
 
 # Family defaults for inline specs (fields left out take these).
 _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "llama": dict(layers=4, hidden=256, heads=8, kv_heads=8, ffn=688, vocab=32000, max_pos=2048,
-                  tie=False, rope_theta=10000.0),
-    "gpt2": dict(layers=12, hidden=768, heads=12, kv_heads=12, ffn=3072, vocab=50257, max_pos=1024,
-                 tie=True),
+    "llama": dict(
+        layers=4,
+        hidden=256,
+        heads=8,
+        kv_heads=8,
+        ffn=688,
+        vocab=32000,
+        max_pos=2048,
+        tie=False,
+        rope_theta=10000.0,
+    ),
+    "gpt2": dict(
+        layers=12, hidden=768, heads=12, kv_heads=12, ffn=3072, vocab=50257, max_pos=1024, tie=True
+    ),
 }
 
 
@@ -90,37 +100,106 @@ class ZooEntry:
 
 ZOO: dict[str, ZooEntry] = {
     "llama-tiny": ZooEntry(
-        dict(family="llama", layers=2, hidden=64, heads=4, kv_heads=2, ffn=176, vocab=512,
-             max_pos=512),
-        "2-layer Llama for tests (0.1M params)"),
+        dict(
+            family="llama",
+            layers=2,
+            hidden=64,
+            heads=4,
+            kv_heads=2,
+            ffn=176,
+            vocab=512,
+            max_pos=512,
+        ),
+        "2-layer Llama for tests (0.1M params)",
+    ),
     "llama-mini": ZooEntry(
-        dict(family="llama", layers=4, hidden=256, heads=8, kv_heads=4, ffn=688, vocab=8192,
-             max_pos=1024),
-        "4-layer Llama for the quick suite (7M params)"),
+        dict(
+            family="llama",
+            layers=4,
+            hidden=256,
+            heads=8,
+            kv_heads=4,
+            ffn=688,
+            vocab=8192,
+            max_pos=1024,
+        ),
+        "4-layer Llama for the quick suite (7M params)",
+    ),
     "llama-demo": ZooEntry(
-        dict(family="llama", layers=8, hidden=512, heads=8, kv_heads=4, ffn=1376, vocab=32000,
-             max_pos=2048),
-        "8-layer Llama, the CPU demo size (56M params)"),
+        dict(
+            family="llama",
+            layers=8,
+            hidden=512,
+            heads=8,
+            kv_heads=4,
+            ffn=1376,
+            vocab=32000,
+            max_pos=2048,
+        ),
+        "8-layer Llama, the CPU demo size (56M params)",
+    ),
     "gpt2-tiny": ZooEntry(
-        dict(family="gpt2", layers=2, hidden=64, heads=4, kv_heads=4, ffn=256, vocab=512,
-             max_pos=512),
-        "2-layer GPT-2 for tests"),
+        dict(
+            family="gpt2", layers=2, hidden=64, heads=4, kv_heads=4, ffn=256, vocab=512, max_pos=512
+        ),
+        "2-layer GPT-2 for tests",
+    ),
     "gpt2": ZooEntry(
-        dict(family="gpt2", layers=12, hidden=768, heads=12, kv_heads=12, ffn=3072, vocab=50257,
-             max_pos=1024, tie=True),
-        "GPT-2 small architecture (124M params)"),
+        dict(
+            family="gpt2",
+            layers=12,
+            hidden=768,
+            heads=12,
+            kv_heads=12,
+            ffn=3072,
+            vocab=50257,
+            max_pos=1024,
+            tie=True,
+        ),
+        "GPT-2 small architecture (124M params)",
+    ),
     "tinyllama-1.1b": ZooEntry(
-        dict(family="llama", layers=22, hidden=2048, heads=32, kv_heads=4, ffn=5632, vocab=32000,
-             max_pos=2048),
-        "TinyLlama-1.1B architecture", cpu_ok=False),
+        dict(
+            family="llama",
+            layers=22,
+            hidden=2048,
+            heads=32,
+            kv_heads=4,
+            ffn=5632,
+            vocab=32000,
+            max_pos=2048,
+        ),
+        "TinyLlama-1.1B architecture",
+        cpu_ok=False,
+    ),
     "llama-3-8b": ZooEntry(
-        dict(family="llama", layers=32, hidden=4096, heads=32, kv_heads=8, ffn=14336,
-             vocab=128256, max_pos=8192, rope_theta=500000.0),
-        "Llama-3-8B architecture (8,030,261,248 params)", cpu_ok=False),
+        dict(
+            family="llama",
+            layers=32,
+            hidden=4096,
+            heads=32,
+            kv_heads=8,
+            ffn=14336,
+            vocab=128256,
+            max_pos=8192,
+            rope_theta=500000.0,
+        ),
+        "Llama-3-8B architecture (8,030,261,248 params)",
+        cpu_ok=False,
+    ),
 }
 
-_SPEC_KEYS = {"layers", "hidden", "heads", "kv_heads", "ffn", "vocab", "max_pos", "tie",
-              "rope_theta"}
+_SPEC_KEYS = {
+    "layers",
+    "hidden",
+    "heads",
+    "kv_heads",
+    "ffn",
+    "vocab",
+    "max_pos",
+    "tie",
+    "rope_theta",
+}
 
 
 def _coerce_field(key: str, value: str, text: str) -> Any:
@@ -139,26 +218,43 @@ def _coerce_field(key: str, value: str, text: str) -> Any:
 def _from_checkpoint(path: str) -> ModelSpec:
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
-        raise SpecError(f"model folder {path!r} has no config.json (a Hugging Face checkpoint folder)")
+        raise SpecError(
+            f"model folder {path!r} has no config.json (a Hugging Face checkpoint folder)"
+        )
     with open(cfg_path) as f:
         cfg = json.load(f)
     mt = cfg.get("model_type")
     if mt == "llama":
         heads = cfg["num_attention_heads"]
-        return ModelSpec(family="llama", layers=cfg["num_hidden_layers"], hidden=cfg["hidden_size"],
-                         heads=heads, kv_heads=cfg.get("num_key_value_heads") or heads,
-                         ffn=cfg["intermediate_size"], vocab=cfg["vocab_size"],
-                         max_pos=cfg.get("max_position_embeddings", 2048),
-                         tie=bool(cfg.get("tie_word_embeddings", False)),
-                         rope_theta=float(cfg.get("rope_theta", 10000.0)),
-                         checkpoint=os.path.abspath(path), name=os.path.abspath(path))
+        return ModelSpec(
+            family="llama",
+            layers=cfg["num_hidden_layers"],
+            hidden=cfg["hidden_size"],
+            heads=heads,
+            kv_heads=cfg.get("num_key_value_heads") or heads,
+            ffn=cfg["intermediate_size"],
+            vocab=cfg["vocab_size"],
+            max_pos=cfg.get("max_position_embeddings", 2048),
+            tie=bool(cfg.get("tie_word_embeddings", False)),
+            rope_theta=float(cfg.get("rope_theta", 10000.0)),
+            checkpoint=os.path.abspath(path),
+            name=os.path.abspath(path),
+        )
     if mt == "gpt2":
         h = cfg["n_embd"]
-        return ModelSpec(family="gpt2", layers=cfg["n_layer"], hidden=h, heads=cfg["n_head"],
-                         kv_heads=cfg["n_head"], ffn=cfg.get("n_inner") or 4 * h,
-                         vocab=cfg["vocab_size"], max_pos=cfg.get("n_positions", 1024),
-                         tie=bool(cfg.get("tie_word_embeddings", True)),
-                         checkpoint=os.path.abspath(path), name=os.path.abspath(path))
+        return ModelSpec(
+            family="gpt2",
+            layers=cfg["n_layer"],
+            hidden=h,
+            heads=cfg["n_head"],
+            kv_heads=cfg["n_head"],
+            ffn=cfg.get("n_inner") or 4 * h,
+            vocab=cfg["vocab_size"],
+            max_pos=cfg.get("n_positions", 1024),
+            tie=bool(cfg.get("tie_word_embeddings", True)),
+            checkpoint=os.path.abspath(path),
+            name=os.path.abspath(path),
+        )
     raise SpecError(f"checkpoint {path!r}: model_type {mt!r} not supported (llama, gpt2)")
 
 
@@ -177,8 +273,10 @@ def resolve_model(text: str) -> ModelSpec:
         )
     unknown = sorted(set(opts) - _SPEC_KEYS)
     if unknown:
-        raise SpecError(f"model {text!r}: unknown field(s) {', '.join(unknown)}; "
-                        f"valid: {', '.join(sorted(_SPEC_KEYS))}")
+        raise SpecError(
+            f"model {text!r}: unknown field(s) {', '.join(unknown)}; "
+            f"valid: {', '.join(sorted(_SPEC_KEYS))}"
+        )
     fields_ = dict(_FAMILY_DEFAULTS[family])
     fields_.update({k: _coerce_field(k, v, text) for k, v in opts.items()})
     if "heads" in opts and "kv_heads" not in opts and family == "llama":
@@ -195,26 +293,39 @@ def build_config(spec: ModelSpec, *, attn_implementation: str = "sdpa") -> Any:
         from transformers import LlamaConfig
 
         cfg = LlamaConfig(
-            vocab_size=spec.vocab, hidden_size=spec.hidden, intermediate_size=spec.ffn,
-            num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
-            num_key_value_heads=spec.kv_heads, max_position_embeddings=spec.max_pos,
-            rope_theta=spec.rope_theta, tie_word_embeddings=spec.tie,
+            vocab_size=spec.vocab,
+            hidden_size=spec.hidden,
+            intermediate_size=spec.ffn,
+            num_hidden_layers=spec.layers,
+            num_attention_heads=spec.heads,
+            num_key_value_heads=spec.kv_heads,
+            max_position_embeddings=spec.max_pos,
+            rope_theta=spec.rope_theta,
+            tie_word_embeddings=spec.tie,
         )
     else:
         from transformers import GPT2Config
 
         cfg = GPT2Config(
-            vocab_size=spec.vocab, n_embd=spec.hidden, n_layer=spec.layers, n_head=spec.heads,
-            n_inner=spec.ffn, n_positions=spec.max_pos, tie_word_embeddings=spec.tie,
+            vocab_size=spec.vocab,
+            n_embd=spec.hidden,
+            n_layer=spec.layers,
+            n_head=spec.heads,
+            n_inner=spec.ffn,
+            n_positions=spec.max_pos,
+            tie_word_embeddings=spec.tie,
             # dropout is off: measurements must be deterministic and comparable
-            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
         )
     cfg._attn_implementation = attn_implementation
     return cfg
 
 
-def build_model(spec: ModelSpec, *, device: Any, dtype: Any, seed: int,
-                attn_implementation: str = "sdpa") -> Any:
+def build_model(
+    spec: ModelSpec, *, device: Any, dtype: Any, seed: int, attn_implementation: str = "sdpa"
+) -> Any:
     """Build the model on `device` in `dtype`, random-init from `seed` or loaded from a folder."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -222,7 +333,9 @@ def build_model(spec: ModelSpec, *, device: Any, dtype: Any, seed: int,
     torch.manual_seed(seed)
     if spec.checkpoint:
         model = AutoModelForCausalLM.from_pretrained(
-            spec.checkpoint, dtype=dtype, attn_implementation=attn_implementation,
+            spec.checkpoint,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
             local_files_only=True,
         )
         return model.to(device)

@@ -3,8 +3,19 @@ from memgauge.results.provenance import collect_env, env_differences, env_hash
 
 def test_provenance_has_every_f16_field():
     env = collect_env()
-    for k in ("python", "os", "cpu_model", "cpu_cores", "ram_bytes", "packages", "git_sha",
-              "git_dirty", "device_name", "workload_version", "errors"):
+    for k in (
+        "python",
+        "os",
+        "cpu_model",
+        "cpu_cores",
+        "ram_bytes",
+        "packages",
+        "git_sha",
+        "git_dirty",
+        "device_name",
+        "workload_version",
+        "errors",
+    ):
         assert k in env
     assert env["packages"]["sqlalchemy"]
 

@@ -22,8 +22,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny(**kw) -> Cell:
-    base = {"model": TINY, "mode": "prefill", "batch": 1, "seq_len": 16, "steps": 1, "warmup": 0,
-            "quality_steps": 0, "breakdown": False, "timeout_s": 120}
+    base = {
+        "model": TINY,
+        "mode": "prefill",
+        "batch": 1,
+        "seq_len": 16,
+        "steps": 1,
+        "warmup": 0,
+        "quality_steps": 0,
+        "breakdown": False,
+        "timeout_s": 120,
+    }
     base.update(kw)
     return Cell(**base)
 
@@ -41,8 +50,11 @@ def _alive(pid: int) -> bool:
 
 
 def test_f1_crash_is_stored_and_the_sweep_goes_on(store, faults_plugin):
-    cells = [tiny(techniques=["fault:kind=abort"]), tiny(techniques=["fault:kind=segv"], seq_len=8),
-             tiny(seq_len=12)]
+    cells = [
+        tiny(techniques=["fault:kind=abort"]),
+        tiny(techniques=["fault:kind=segv"], seq_len=8),
+        tiny(seq_len=12),
+    ]
     out = run_sweep(cells, store=store, suite="t", progress=False)
     by = {tuple(r["cell"]["techniques"]): r for r in out.results}
     abort = by[("fault:kind=abort",)]
@@ -73,9 +85,11 @@ def test_f3_oom_under_a_memory_limit_then_skip_larger_and_clean_next_peak(store,
 
     standalone = run_isolated(tiny(seq_len=32).to_dict())
     assert standalone["status"] == "ok"
-    cells = [tiny(techniques=["fault:kind=oom"], mem_limit=4 * GiB),
-             tiny(techniques=["fault:kind=oom"], mem_limit=4 * GiB, batch=2),
-             tiny(seq_len=32)]
+    cells = [
+        tiny(techniques=["fault:kind=oom"], mem_limit=4 * GiB),
+        tiny(techniques=["fault:kind=oom"], mem_limit=4 * GiB, batch=2),
+        tiny(seq_len=32),
+    ]
     out = run_sweep(cells, store=store, suite="t", progress=False)
     first, larger, nxt = out.results
     assert first["status"] == "oom" and str(4 * GiB) in first["error"]
@@ -92,7 +106,9 @@ def test_f14_planted_allocation_is_reported_exactly(faults_plugin):
 
     X = 24 * MiB
     base = run_isolated(tiny(mode="train", techniques=["plant:bytes=0"], breakdown=True).to_dict())
-    planted = run_isolated(tiny(mode="train", techniques=[f"plant:bytes={X}"], breakdown=True).to_dict())
+    planted = run_isolated(
+        tiny(mode="train", techniques=[f"plant:bytes={X}"], breakdown=True).to_dict()
+    )
     assert base["status"] == planted["status"] == "ok", (base["error"], planted["error"])
     delta = planted["memory"]["peak_allocated"] - base["memory"]["peak_allocated"]
     assert abs(delta - X) <= max(0.01 * X, MiB)
@@ -127,9 +143,22 @@ seq_len = [8, 16, 24, 32, 40, 48]
 """)
     db = tmp_path / "r.sqlite"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "memgauge", "--store", str(db), "sweep",
-                             "--suite", str(suite), "--quiet"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "memgauge",
+            "--store",
+            str(db),
+            "sweep",
+            "--suite",
+            str(suite),
+            "--quiet",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     done = 0
     while time.time() < deadline:
@@ -155,9 +184,25 @@ seq_len = [8, 16, 24, 32, 40, 48]
     assert run["status"] == "interrupted"
     assert 2 <= len(stored_before) < 6
     st.close()
-    out = subprocess.run([sys.executable, "-m", "memgauge", "--store", str(db), "sweep", "--suite",
-                          str(suite), "--resume", run["id"], "--quiet"], env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "memgauge",
+            "--store",
+            str(db),
+            "sweep",
+            "--suite",
+            str(suite),
+            "--resume",
+            run["id"],
+            "--quiet",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert f"{6 - len(stored_before)} cells run" in out.stdout
     con = sqlite3.connect(db)

@@ -9,8 +9,18 @@ TINY = "llama:layers=2,hidden=64,heads=4,kv_heads=2,ffn=176,vocab=512,max_pos=51
 
 
 def _run(**kw):
-    cell = Cell(**{"model": TINY, "mode": "train", "batch": 2, "seq_len": 32, "steps": 2,
-                   "warmup": 1, "quality_steps": 1, **kw})
+    cell = Cell(
+        **{
+            "model": TINY,
+            "mode": "train",
+            "batch": 2,
+            "seq_len": 32,
+            "steps": 2,
+            "warmup": 1,
+            "quality_steps": 1,
+            **kw,
+        }
+    )
     r = run_cell(cell.to_dict())
     assert r["status"] == "ok", r["error"]
     return r
@@ -32,7 +42,9 @@ def test_breakdown_accounts_for_the_whole_peak():
     mem = r["memory"]
     assert sum(mem["breakdown"].values()) == mem["breakdown_peak"]
     # the tracker and the profiler see the same tensor peak on CPU
-    assert abs(mem["breakdown_peak"] - mem["peak_allocated"]) <= max(0.01 * mem["peak_allocated"], 1 << 20)
+    assert abs(mem["breakdown_peak"] - mem["peak_allocated"]) <= max(
+        0.01 * mem["peak_allocated"], 1 << 20
+    )
     assert mem["breakdown"]["parameters"] == r["memory"]["steady"]["parameters"]
     assert mem["breakdown"]["activations"] > 0
 

@@ -34,13 +34,16 @@ def test_inline_spec_defaults_and_canonical_name():
     assert g.hidden == 768 and g.layers == 2
 
 
-@pytest.mark.parametrize("text,msg", [
-    ("nosuchmodel", "unknown model"),
-    ("llama:layers=0", "positive"),
-    ("llama:hidden=100,heads=8", "divisible"),
-    ("llama:bogus=1", "unknown field"),
-    ("llama:layers=x", "not valid"),
-])
+@pytest.mark.parametrize(
+    "text,msg",
+    [
+        ("nosuchmodel", "unknown model"),
+        ("llama:layers=0", "positive"),
+        ("llama:hidden=100,heads=8", "divisible"),
+        ("llama:bogus=1", "unknown field"),
+        ("llama:layers=x", "not valid"),
+    ],
+)
 def test_bad_model_specs_say_what_to_fix(text, msg):
     with pytest.raises(SpecError, match=msg):
         resolve_model(text)
