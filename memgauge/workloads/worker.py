@@ -178,13 +178,37 @@ def _check_shape(cell: Any, spec: Any) -> None:
         )
 
 
+def _cached_logits(wl: Any, ids: Any) -> Any:
+    """Teacher-forced logits through the workload's KV cache: the first half of the text is
+    prefilled, the rest fed one token at a time, so cache techniques (quantized, sliding
+    window) show their effect on quality.  (B, T, V)"""
+    import torch
+
+    from memgauge.workloads.steps import _cache_kw, _out_cache
+
+    half = max(1, ids.shape[1] // 2)
+    cache = wl.cache_factory(ids.shape[1]) if wl.cache_factory else None
+    kw = _cache_kw(wl)
+    out = wl.model(input_ids=ids[:, :half], use_cache=True, **{kw: cache})
+    cache = _out_cache(out)
+    chunks = [out.logits]
+    for t in range(half, ids.shape[1]):
+        out = wl.model(input_ids=ids[:, t : t + 1], use_cache=True, **{kw: cache})
+        chunks.append(out.logits)
+    return torch.cat(chunks, dim=1)
+
+
 def _inference_quality(wl: Any, cell: Any, ref_logits: Any, tokens: Any) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
+    ids = tokens[:, :-1].to(wl.device)
     with torch.no_grad(), wl.autocast():
-        logits = wl.model(input_ids=tokens[:, :-1].to(wl.device), use_cache=False).logits.float()
-    logits = logits.cpu()
+        if cell.mode == "decode":
+            logits = _cached_logits(wl, ids)
+        else:
+            logits = wl.model(input_ids=ids, use_cache=False).logits
+    logits = logits.float().cpu()
     labels = tokens[:, 1:]
     nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1))
     ref_logits = torch.from_numpy(ref_logits)
