@@ -1,0 +1,173 @@
+"""Plumbing shared by the dashboard pages: the store, cached queries, pickers and empty states.
+
+The pages stay thin: they wire widgets to `memgauge.results.queries` / `combinations` and
+`memgauge.results.figures`.  Query results are cached with `st.cache_data` keyed on the store URL
+and the store's change marker (newest result id, run count, newest run time), so a sweep writing
+new cells invalidates them and nothing stale or partial is shown; the store itself (an engine) is
+the only `st.cache_resource`."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from memgauge.results import queries as Q
+from memgauge.results.figures import byte_unit
+from memgauge.results.store import ENV_VAR, Store, StoreError, redact, resolve_url
+
+START_COMMAND = "memgauge sweep --suite quick"
+"""what to run on an empty store"""
+
+
+def store_url() -> str:
+    return resolve_url(os.environ.get(ENV_VAR) or None)
+
+
+@st.cache_resource(show_spinner=False)
+def _open(url: str) -> Store:
+    # create=False: looking at a store must never create or write one
+    return Store.open(url, create=False)
+
+
+def store() -> Store:
+    """The store, or an explanation of what to run and a stopped page."""
+    url = store_url()
+    try:
+        return _open(url)
+    except StoreError as exc:  # messages from the store never carry a password (F18)
+        st.error(str(exc))
+        st.info(
+            f"Fill a store with `{START_COMMAND}` (or pass `memgauge dashboard --store URL`),"
+            f" then reload this page."
+        )
+        st.stop()
+        raise  # unreachable: st.stop() raises
+
+
+def marker() -> tuple[int, int, float]:
+    """The store's change marker, read once per script run."""
+    m = st.session_state.get("_marker")
+    if m is None:
+        m = Q.change_marker(store())
+        st.session_state["_marker"] = m
+    return m
+
+
+def refresh_marker() -> None:
+    """Called by the router at the start of every script run."""
+    st.session_state.pop("_marker", None)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _cached(fn: str, url: str, _marker: tuple, args: tuple, kwargs: tuple) -> Any:
+    del _marker  # part of the cache key only
+    mod, name = fn.split(":")
+    return getattr(importlib.import_module(mod), name)(_open(url), *args, **dict(kwargs))
+
+
+def cached(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """fn(store, *args, **kwargs), cached on (fn, store URL, change marker, arguments).  `fn`
+    must be a module-level function whose first parameter is the store."""
+    return _cached(
+        f"{fn.__module__}:{fn.__name__}",
+        store_url(),
+        marker(),
+        tuple(args),
+        tuple(sorted(kwargs.items())),
+    )
+
+
+def require_results() -> None:
+    """Stop the page with what to run when the store holds no result yet."""
+    if not cached(Q.has_results):
+        st.info(
+            f"The store {redact(store_url())} holds no results yet. Measure something first:"
+            f"\n\n```\n{START_COMMAND}\n```\n\nthen reload this page. (The Estimate page "
+            f"works without any run.)"
+        )
+        st.stop()
+
+
+def run_picker(
+    label: str = "run",
+    *,
+    key: str = "run",
+    kind: str | None = None,
+    default_index: int = 0,
+    container: Any = None,
+) -> str | None:
+    """A run select box (newest first) whose choice is remembered across pages."""
+    runs = cached(Q.runs_frame, kind=kind)
+    if runs.empty:
+        return None
+    ids = runs["id"].tolist()
+    labels = dict(zip(runs["id"], runs["label"], strict=True))
+    remembered = st.session_state.get(f"_picked_{key}")
+    index = ids.index(remembered) if remembered in ids else min(default_index, len(ids) - 1)
+    where = container or st
+    rid = where.selectbox(label, ids, index=index, format_func=labels.get, key=f"w_{key}")
+    st.session_state[f"_picked_{key}"] = rid
+    return rid
+
+
+def metric_picker(container: Any = None, key: str = "metric") -> str:
+    where = container or st
+    return where.selectbox(
+        "memory metric",
+        list(Q.METRICS),
+        format_func=Q.METRICS.get,
+        key=key,
+        help="peak allocated: the allocator's (CUDA) or the tensor tracker's "
+        "(CPU) peak; reserved and device used are CUDA-only",
+    )
+
+
+def workload_label(r: dict[str, Any]) -> str:
+    return (
+        f"{r['model']} · {r['mode']} · batch {r['batch']} · seq {r['seq_len']} · "
+        f"{r['dtype']} · {r['device']}"
+    )
+
+
+def bytes_columns(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    """Byte columns as numbers in one 1024-based unit named in the header (sortable)."""
+    out = df.copy()
+    for c in cols:
+        if c not in out.columns:
+            continue
+        vals = pd.to_numeric(out[c], errors="coerce")
+        div, unit = byte_unit(vals.dropna().tolist())
+        out[c] = (vals / div).round(3)
+        out = out.rename(columns={c: f"{c} ({unit})"})
+    return out
+
+
+def techniques_column(df: pd.DataFrame, col: str = "techniques") -> pd.DataFrame:
+    if col in df.columns:
+        df = df.assign(**{col: df[col].map(Q.technique_label)})
+    return df
+
+
+def nightly_verdicts(store_: Store, run_ids: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """{run_id: {cell_key: verdict}} from memgauge.results.nightly where that module can judge;
+    {} where it is missing or cannot (the trend chart then marks nothing)."""
+    try:
+        nightly = importlib.import_module("memgauge.results.nightly")
+    except ImportError:
+        return {}
+    evaluate = getattr(nightly, "evaluate", None)
+    if evaluate is None:
+        return {}
+    out: dict[str, dict[str, str]] = {}
+    for rid in run_ids:
+        try:
+            report = evaluate(store_, rid)
+            out[rid] = {c.cell_key: c.verdict for c in report.cells}
+        except Exception:  # noqa: BLE001 - verdicts are an extra; the history still shows
+            continue
+    return out

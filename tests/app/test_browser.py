@@ -1,0 +1,148 @@
+"""The dashboard in a real browser: `memgauge dashboard` over the smoke store, every page loaded
+in headless Chromium (Debian's, driven by Playwright), charts drawn, no error shown, a
+screenshot of each page saved to test-artifacts/screenshots/<page>.png."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# page url path -> does it draw a plotly chart over the smoke store
+PAGES = {
+    "overview": True,
+    "explore": True,
+    "breakdown": True,
+    "scaling": True,
+    "combinations": True,
+    "estimate": True,
+    "compare": False,
+    "trends": False,
+    "timeline": False,
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def dashboard(smoke_store):
+    if shutil.which("chromium") is None:
+        pytest.skip(
+            "Debian's chromium is not installed (apt-get install -y chromium; .ci/run installs it)"
+        )
+    pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
+    url, _ = smoke_store
+    port = _free_port()
+    (ROOT / "test-artifacts").mkdir(exist_ok=True)
+    log = open(ROOT / "test-artifacts" / "dashboard.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "memgauge", "--store", url, "dashboard", "--port", str(port)],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(base + "/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(
+                f"the dashboard did not come up (exit {proc.poll()}); see "
+                f"test-artifacts/dashboard.log"
+            )
+        time.sleep(0.5)
+    yield base
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()
+
+
+DRAWN = """() => !document.querySelector('[data-testid="stStatusWidget"]')
+    && !document.querySelector('[data-testid="stSkeleton"]')
+    && [...document.querySelectorAll('[data-testid="stPlotlyChart"]')]
+         .every(e => !e.checkVisibility() || e.querySelector('.main-svg'))
+    && [...document.querySelectorAll('[data-testid="stDataFrame"]')]
+         .every(e => !e.checkVisibility() || e.querySelector('canvas'))"""
+# (what a collapsed expander hides is not drawn until it is opened)
+
+
+def _wait_until_drawn(tab, timeout_s: float = 60.0) -> None:
+    """Until the script run is over and every chart and table is drawn, twice in a row 0.4 s
+    apart (the running indicator shows only after a moment, so one look is not enough)."""
+    deadline = time.time() + timeout_s
+    streak = 0
+    while streak < 2:
+        streak = streak + 1 if tab.evaluate(DRAWN) else 0
+        if time.time() > deadline:
+            pytest.fail("the page did not finish drawing")
+        tab.wait_for_timeout(400)
+
+
+@pytest.fixture(scope="module")
+def tab(dashboard):
+    """One browser tab for every page: loading each page by its URL, as a bookmark would."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        page = b.new_page(viewport={"width": 1400, "height": 1000})
+        yield page
+        b.close()
+
+
+@pytest.mark.parametrize("page_name", list(PAGES))
+def test_page_renders(dashboard, tab, page_name):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    title = page_name.capitalize()
+    # the default page lives at the root URL
+    tab.goto(f"{dashboard}/{'' if page_name == 'overview' else page_name}",
+             wait_until="domcontentloaded", timeout=60_000)  # fmt: skip
+    tab.wait_for_function(
+        "t => [...document.querySelectorAll('[data-testid=\"stMainBlockContainer\"] h1')]"
+        ".some(h => h.innerText.trim().startsWith(t))", arg=title, timeout=60_000)  # fmt: skip
+    if PAGES[page_name]:
+        tab.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
+    _wait_until_drawn(tab)
+    tab.wait_for_timeout(300)  # plotly's resize settles
+    tab.screenshot(path=str(SHOTS / f"{page_name}.png"), full_page=True)
+    assert tab.locator('[data-testid="stException"]').count() == 0
+    body = tab.inner_text("body")
+    assert "Traceback" not in body
+    assert "Page not found" not in body
+    if PAGES[page_name]:
+        assert tab.locator(".js-plotly-plot").count() >= 1

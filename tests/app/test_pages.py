@@ -1,0 +1,251 @@
+"""Every dashboard page under `streamlit.testing.v1.AppTest`: over the real smoke store, over a
+hand-made store that has what the smoke store lacks (two runs, nightly history, a timeline),
+over an empty store and over a missing one.  No exception, the key elements present."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+pytest.importorskip("plotly")
+
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from memgauge.results.store import Store  # noqa: E402
+from memgauge.units import fmt_bytes  # noqa: E402
+from tests.app.synthetic import MiB, combination_run, make_run, result  # noqa: E402
+
+MAIN = str(Path(__file__).resolve().parents[2] / "memgauge" / "app" / "main.py")
+PAGES = (
+    "overview",
+    "explore",
+    "breakdown",
+    "scaling",
+    "combinations",
+    "estimate",
+    "compare",
+    "trends",
+    "timeline",
+)
+RESULT_PAGES = tuple(p for p in PAGES if p != "estimate")
+
+
+def _app(monkeypatch, url: str, page: str | None = None) -> AppTest:
+    monkeypatch.setenv("MEMGAUGE_STORE", url)
+    at = AppTest.from_file(MAIN, default_timeout=120)
+    at.run()
+    if page:
+        at.switch_page(f"views/{page}.py").run()
+    return at
+
+
+def _charts(at: AppTest) -> list[dict]:
+    return [json.loads(e.proto.spec) for e in at.get("plotly_chart")]
+
+
+def _texts(at: AppTest) -> str:
+    parts = [
+        e.value
+        for kind in ("info", "warning", "error", "caption", "markdown", "success")
+        for e in getattr(at, kind)
+    ]
+    return "\n".join(str(p) for p in parts)
+
+
+def _ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+@pytest.fixture(scope="module")
+def synth_url(tmp_path_factory):
+    """Two sweeps (for Compare), three nightly runs (for Trends) and a recorded timeline."""
+    path = tmp_path_factory.mktemp("synth") / "synth.sqlite"
+    st = Store.open(str(path))
+    combination_run(st, run_id="sweep-a")
+    make_run(
+        st,
+        [
+            result(peak=110 * MiB, tps=900.0, loss_delta=0.0),
+            result(techniques=("lora",), peak=65 * MiB, tps=950.0, loss_delta=0.1),
+        ],
+        run_id="sweep-b",
+        env={"device_name": "cpu", "packages": {"torch": "other"}},
+    )
+    for night, peak in enumerate((100, 101, 130, 131)):
+        make_run(st, [result(peak=peak * MiB)], kind="nightly", run_id=f"night-{night}")
+    make_run(
+        st,
+        [result(peak=9 * MiB, timeline=[[0.0, MiB], [2.0, 9 * MiB], [4.0, 2 * MiB]])],
+        run_id="zz-timeline",
+    )
+    st.close()
+    return str(path)
+
+
+# -- the real smoke store --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smoke_url(smoke_store):
+    return smoke_store[0]
+
+
+def test_overview(monkeypatch, smoke_url):
+    at = _app(monkeypatch, smoke_url)  # the default page
+    _ok(at)
+    assert at.title[0].value == "Overview"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["ok"] == "10" and metrics["oom"] == "0"
+    charts = _charts(at)
+    assert charts and charts[0]["data"][0]["type"] == "heatmap"
+    best = at.dataframe[0].value
+    assert {"workload", "budget ≥", "techniques", "tokens/s"} <= set(best.columns)
+
+
+def test_explore_and_a_filter_change(monkeypatch, smoke_url):
+    at = _app(monkeypatch, smoke_url, "explore")
+    _ok(at)
+    assert "10 results match" in _texts(at)
+    assert any(t.get("name", "").startswith("Pareto frontier") for t in _charts(at)[0]["data"])
+    assert len(at.dataframe[0].value) == 10
+    assert at.get("download_button")
+    at.multiselect(key="f_mode").set_value(["train"]).run()
+    _ok(at)
+    assert "6 results match" in _texts(at)
+    assert set(at.dataframe[0].value["mode"]) == {"train"}
+
+
+def test_breakdown(monkeypatch, smoke_url):
+    at = _app(monkeypatch, smoke_url, "breakdown")
+    _ok(at)
+    bars = _charts(at)[0]
+    assert bars["layout"]["barmode"] == "stack"
+    assert {"parameters", "kv cache"} & {t["name"] for t in bars["data"]}
+    alive = at.dataframe[0].value
+    assert "at the peak (measured)" in alive.columns and "parameters" in set(alive["category"])
+
+
+@pytest.mark.parametrize("page", ["scaling", "combinations", "estimate"])
+def test_chart_pages(monkeypatch, smoke_url, page):
+    at = _app(monkeypatch, smoke_url, page)
+    _ok(at)
+    assert _charts(at), f"{page} drew no chart"
+
+
+@pytest.mark.parametrize("page", ["compare", "trends", "timeline"])
+def test_pages_explain_what_the_smoke_store_lacks(monkeypatch, smoke_url, page):
+    at = _app(monkeypatch, smoke_url, page)
+    _ok(at)
+    expected = {
+        "compare": "comparing needs two",
+        "trends": "No nightly history yet",
+        "timeline": "recorded a memory timeline",
+    }[page]
+    assert expected in _texts(at)
+
+
+def test_estimate_numbers_and_fit(monkeypatch, smoke_url):
+    from memgauge.cell import Cell
+    from memgauge.estimate.analytic import estimate_cell
+    from memgauge.techniques import parse_techniques
+    from memgauge.workloads.zoo import resolve_model
+
+    at = _app(monkeypatch, smoke_url, "estimate")
+    at.selectbox(key="es_model").set_value("llama-tiny")
+    at.selectbox(key="es_dtype").set_value("float32")
+    at.number_input(key="es_seq").set_value(64)
+    at.multiselect(key="es_techs").set_value(["checkpoint"])
+    at.text_input(key="es_mem").set_value("1GiB").run()
+    _ok(at)
+    cell = Cell(
+        model="llama-tiny",
+        mode="train",
+        techniques=["checkpoint"],
+        batch=1,
+        seq_len=64,
+        dtype="float32",
+    )
+    est = estimate_cell(cell, resolve_model("llama-tiny"), parse_techniques(["checkpoint"]))
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["estimated peak"] == fmt_bytes(est["peak"])
+    assert metrics["device memory: fits"] == "1.00 GiB"
+    at.text_input(key="es_mem").set_value("1KiB").run()
+    assert "Does not fit" in _texts(at)
+    at.text_input(key="es_opts").set_value("lora:r=nonsense").run()
+    _ok(at)
+    assert at.error  # a bad spec is explained, not raised
+
+
+# -- the hand-made store ---------------------------------------------------------------------------
+def test_compare_two_runs_warns_on_environment(monkeypatch, synth_url):
+    at = AppTest.from_file(MAIN, default_timeout=120)
+    monkeypatch.setenv("MEMGAUGE_STORE", synth_url)
+    at.run()
+    at.switch_page("views/compare.py").run()
+    at.selectbox(key="w_cmp_a").set_value("sweep-a")
+    at.selectbox(key="w_cmp_b").set_value("sweep-b").run()
+    _ok(at)
+    assert "environments differ" in _texts(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["cells in both"] == "2"
+    table = at.dataframe[0].value
+    assert set(table["techniques"]) == {"baseline", "lora"}
+    assert _charts(at)
+
+
+def test_trends_with_history(monkeypatch, synth_url):
+    at = _app(monkeypatch, synth_url, "trends")
+    _ok(at)
+    hist = _charts(at)[0]
+    line = hist["data"][0]
+    assert len(line["x"]) == 4
+    assert len(at.dataframe[0].value) == 4
+
+
+def test_timeline_with_a_recorded_step(monkeypatch, synth_url):
+    at = _app(monkeypatch, synth_url, "timeline")
+    at.selectbox(key="w_run").set_value("zz-timeline").run()
+    _ok(at)
+    chart = _charts(at)[0]
+    assert [t["name"] for t in chart["data"]] == ["allocated", "peak"]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_over_the_hand_made_store(monkeypatch, synth_url, page):
+    _ok(_app(monkeypatch, synth_url, page))
+
+
+# -- empty and missing stores ----------------------------------------------------------------------
+@pytest.mark.parametrize("page", RESULT_PAGES)
+def test_empty_store_says_what_to_run(monkeypatch, tmp_path, page):
+    path = tmp_path / "empty.sqlite"
+    Store.open(str(path)).close()
+    at = _app(monkeypatch, str(path), page)
+    _ok(at)
+    text = _texts(at)
+    assert "memgauge sweep --suite quick" in text or "No nightly history" in text
+
+
+def test_empty_store_estimate_still_works(monkeypatch, tmp_path):
+    path = tmp_path / "empty.sqlite"
+    Store.open(str(path)).close()
+    at = _app(monkeypatch, str(path), "estimate")
+    _ok(at)
+    assert _charts(at)
+
+
+def test_missing_store_is_explained_not_created(monkeypatch, tmp_path):
+    path = tmp_path / "nowhere" / "results.sqlite"
+    at = _app(monkeypatch, str(path))
+    _ok(at)
+    assert "no store at" in "\n".join(e.value for e in at.error)
+    assert "memgauge sweep --suite quick" in _texts(at)
+    assert not path.exists()
+
+
+def test_password_never_shown(monkeypatch):
+    at = _app(monkeypatch, "postgresql://bob:s3cret@127.0.0.1:1/nodb")
+    _ok(at)
+    shown = _texts(at) + "\n".join(str(e.value) for e in at.sidebar.caption)
+    assert "s3cret" not in shown
