@@ -20,21 +20,11 @@ from typing import Any, ClassVar
 
 from memgauge.techniques.base import Technique, Unsupported, register
 from memgauge.techniques.estimate_hooks import wrap_layer_activation
+from memgauge.techniques.quantization import _WEIGHT_QUANTIZERS, _quantized_linears
 
 _PRUNERS = ("prune_masks", "sparse", "sparse24", "prune_structured")
-_QUANT = ("int8wo", "int4wo", "bnb4bit", "fp8wo", "dynamic_int8", "qlora")
-
-
-def _linears(wl: Any, include_head: bool) -> list[tuple[Any, str, Any]]:
-    import torch
-
-    head = wl.head
-    out = []
-    for parent in wl.hf_model.modules():
-        for name, child in parent.named_children():
-            if type(child) is torch.nn.Linear and (include_head or child is not head):
-                out.append((parent, name, child))
-    return out
+_QUANT = _WEIGHT_QUANTIZERS
+_linears = _quantized_linears
 
 
 def _layer_linear_elems(spec: Any) -> int:

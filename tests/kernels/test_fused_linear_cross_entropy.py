@@ -25,63 +25,13 @@ from memgauge.kernels.fused_linear_cross_entropy import (
     resolve_impl,
     triton_available,
 )
-
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-# Where the Triton cases run: interpreter on CPU, else a real GPU, else nowhere (child process).
-TRITON_DEVICE = "cpu" if INTERPRET else ("cuda" if torch.cuda.is_available() else None)
-needs_triton = pytest.mark.skipif(
-    not triton_available() or TRITON_DEVICE is None,
-    reason="needs triton and CUDA or TRITON_INTERPRET=1 "
-    "(on CPU: run by test_interpreted_cases_in_child_process)",
-)
-
-
-def triton_case(test):
-    """Triton cases: skipped without triton and a place to run; on CUDA marked `gpu`."""
-    test = needs_triton(test)
-    return pytest.mark.gpu(test) if TRITON_DEVICE == "cuda" else test
-
+from tests.kernels.helpers import INTERPRET, TRITON_DEVICE, assert_close_report, triton_case
 
 # (batch, seq, hidden, vocab): one real small shape, one odd shape (prime-ish sizes).
 REAL = (2, 128, 256, 4096)
 ODD = (1, 47, 31, 123)
 FP32_TOL = (1e-5, 1e-4)  # (atol, rtol)
 BF16_TOL = (3e-2, 3e-2)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread_and_seed():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(prev)
-
-
-def assert_close_report(actual, expected, *, atol, rtol, name):
-    """assert_close with NaN/inf parity and the first mismatching indices in the message."""
-    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
-    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
-    for what, fn in (("NaN", torch.isnan), ("+inf", torch.isposinf), ("-inf", torch.isneginf)):
-        differ = fn(a) != fn(e)
-        if differ.any():
-            idx = differ.nonzero()[:5].tolist()
-            raise AssertionError(
-                f"{name}: {what} positions differ at {idx} "
-                f"(actual {[a[tuple(i)].item() for i in idx]}, "
-                f"expected {[e[tuple(i)].item() for i in idx]})"
-            )
-    finite = torch.isfinite(a) & torch.isfinite(e)
-    bad = finite & ((a - e).abs() > atol + rtol * e.abs())
-    if bad.any():
-        idx = bad.nonzero()[:5].tolist()
-        worst = (a - e).abs()[finite].max().item()
-        raise AssertionError(
-            f"{name}: {int(bad.sum())} of {a.numel()} values outside atol={atol}, rtol={rtol} "
-            f"(max abs diff {worst:.3g}); first at {idx}: "
-            f"actual {[a[tuple(i)].item() for i in idx]}, "
-            f"expected {[e[tuple(i)].item() for i in idx]}"
-        )
 
 
 def make_inputs(shape, dtype=torch.float32, *, bias=True, ignore_index=-100, device="cpu"):

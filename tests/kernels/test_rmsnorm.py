@@ -22,21 +22,7 @@ from torch import nn
 
 from memgauge.kernels.fused_linear_cross_entropy import triton_available
 from memgauge.kernels.rmsnorm import fused_rms_norm, patch_rmsnorm_, unpatch_rmsnorm_
-
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-TRITON_DEVICE = "cpu" if INTERPRET else ("cuda" if torch.cuda.is_available() else None)
-needs_triton = pytest.mark.skipif(
-    not triton_available() or TRITON_DEVICE is None,
-    reason="needs triton and CUDA or TRITON_INTERPRET=1 "
-    "(on CPU: run by test_interpreted_cases_in_child_process)",
-)
-
-
-def triton_case(test):
-    """Triton cases: skipped without triton and a place to run; on CUDA marked `gpu`."""
-    test = needs_triton(test)
-    return pytest.mark.gpu(test) if TRITON_DEVICE == "cuda" else test
-
+from tests.kernels.helpers import INTERPRET, TRITON_DEVICE, assert_close_report, triton_case
 
 REAL = (2, 64, 256)  # (batch, seq, hidden)
 ODD = (4, 47, 31)
@@ -44,35 +30,6 @@ DTYPES = [
     pytest.param(torch.float32, (1e-5, 1e-5), id="fp32"),
     pytest.param(torch.bfloat16, (2e-2, 2e-2), id="bf16"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread_and_seed():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(prev)
-
-
-def assert_close_report(actual, expected, *, atol, rtol, name):
-    """assert_close with NaN/inf parity and the first mismatching indices in the message."""
-    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
-    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
-    for what, fn in (("NaN", torch.isnan), ("+inf", torch.isposinf), ("-inf", torch.isneginf)):
-        differ = fn(a) != fn(e)
-        if differ.any():
-            idx = differ.nonzero()[:5].tolist()
-            raise AssertionError(f"{name}: {what} positions differ at {idx}")
-    finite = torch.isfinite(a) & torch.isfinite(e)
-    bad = finite & ((a - e).abs() > atol + rtol * e.abs())
-    if bad.any():
-        idx = bad.nonzero()[:5].tolist()
-        raise AssertionError(
-            f"{name}: {int(bad.sum())} of {a.numel()} values outside atol={atol}, rtol={rtol}; "
-            f"first at {idx}: actual {[a[tuple(i)].item() for i in idx]}, "
-            f"expected {[e[tuple(i)].item() for i in idx]}"
-        )
 
 
 def reference(x, weight, eps):
