@@ -18,6 +18,7 @@ traced estimator reuses it.  Slow (Python per op): never in the timing pass.
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -65,6 +66,9 @@ class BreakdownTracker(TorchDispatchMode):
         # storages that change size in place (FSDP2 frees gathered parameters with
         # storage.resize_(0), which no dispatch mode sees): polled after every op
         self._watch: dict[int, tuple[torch.UntypedStorage, str]] = {}
+        # (ms since start, bytes) at every allocation and free; includes the tracking overhead
+        self.timeline: list[tuple[float, int]] = []
+        self._t0 = time.perf_counter()
 
     # -- storage bookkeeping ----------------------------------------------------------------------
     def _track_storage(self, st: torch.UntypedStorage, key: int, category: str) -> None:
@@ -77,6 +81,7 @@ class BreakdownTracker(TorchDispatchMode):
         self.total += n
         if self.total > self.peak:
             self.peak, self.peak_seq = self.total, self._seq
+        self.timeline.append(((time.perf_counter() - self._t0) * 1000, self.total))
         try:
             weakref.finalize(st, self._on_free, key)
         except TypeError:  # storage types without weakref support: never freed as far as we know
@@ -90,6 +95,7 @@ class BreakdownTracker(TorchDispatchMode):
         rec.free_seq = self._seq
         self.total -= rec.nbytes
         self._dead.append(rec)
+        self.timeline.append(((time.perf_counter() - self._t0) * 1000, self.total))
 
     def watch_resizable(self, tensors: Iterable[torch.Tensor], category: str) -> None:
         """Storages that are resized in place (allocated and freed without a new storage)."""

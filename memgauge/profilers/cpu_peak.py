@@ -36,6 +36,7 @@ class CpuTensorPeak:
     def __init__(self) -> None:
         self._prof: Any = None
         self.baseline = 0
+        self.timeline: list[tuple[float, int]] = []  # (ms since the first event, bytes allocated)
 
     def start(self) -> None:
         self.baseline = live_bytes("cpu")
@@ -45,8 +46,12 @@ class CpuTensorPeak:
     def stop(self) -> dict[str, int]:
         self._prof.__exit__(None, None, None)
         running = peak = 0
-        for _, size in _allocation_events(self._prof):
+        events = _allocation_events(self._prof)
+        t0 = events[0][0] if events else 0
+        self.timeline = [(0.0, self.baseline)]
+        for t, size in events:
             running += size
             peak = max(peak, running)
+            self.timeline.append(((t - t0) / 1e6, self.baseline + running))
         self._prof = None
         return {"peak_allocated": self.baseline + peak, "baseline_allocated": self.baseline}

@@ -40,3 +40,19 @@ class StepTimer:
             "step_ms_p50": quantile(t, 0.5),
             "step_ms_p80": quantile(t, 0.8),
         }
+
+
+def downsample_timeline(
+    points: list[tuple[float, int]], max_points: int = 1500
+) -> list[list[float]]:
+    """Thin a (t_ms, bytes) series to at most ~max_points, keeping each bucket's highest point
+    (so the peak survives) and the first and last points."""
+    if len(points) <= max_points:
+        return [[round(t, 4), int(b)] for t, b in points]
+    step = len(points) / max_points
+    out = [points[0]]
+    for i in range(max_points):
+        bucket = points[int(i * step) : int((i + 1) * step)] or [points[-1]]
+        out.append(max(bucket, key=lambda p: p[1]))
+    out.append(points[-1])
+    return [[round(t, 4), int(b)] for t, b in out]

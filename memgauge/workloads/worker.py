@@ -260,7 +260,7 @@ def _run(cell_dict: dict[str, Any], result: dict[str, Any]) -> None:
     from memgauge.profilers.host import HostPeak
     from memgauge.profilers.live import unique_bytes
     from memgauge.profilers.nvml import NvmlSampler
-    from memgauge.profilers.timing import StepTimer
+    from memgauge.profilers.timing import StepTimer, downsample_timeline
     from memgauge.results.provenance import collect_env
     from memgauge.techniques import Technique, parse_techniques
     from memgauge.workloads.data import corpus_batch, synthetic_batch
@@ -392,6 +392,9 @@ def _run(cell_dict: dict[str, Any], result: dict[str, Any]) -> None:
         cpu_peak.start()
         step(next_i)
         stats = cpu_peak.stop()
+        # one step's allocated bytes over time (exact profiler timestamps)
+        mem["timeline"] = downsample_timeline(cpu_peak.timeline)
+        mem["timeline_source"] = "torch.profiler memory events (one step)"
         mem["peak_allocated"] = stats["peak_allocated"]
         mem["baseline_allocated"] = stats["baseline_allocated"]
         next_i += 1
@@ -410,6 +413,9 @@ def _run(cell_dict: dict[str, Any], result: dict[str, Any]) -> None:
         tracker.relabel_after(wl.model, wl.optimizer, cache_tensors(wl.last_cache))
         mem["breakdown"] = tracker.at_peak()
         mem["breakdown_peak"] = tracker.peak
+        if "timeline" not in mem:  # CUDA: the tracker's series (its time includes tracking)
+            mem["timeline"] = downsample_timeline(tracker.timeline)
+            mem["timeline_source"] = "storage tracker (breakdown pass; times include tracking)"
         wl.last_cache = wl.cache_observer = None
         next_i += 1
         del tracker

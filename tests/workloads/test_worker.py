@@ -72,3 +72,20 @@ def test_seq_beyond_model_is_an_error_not_a_crash():
     cell = Cell(model=TINY, mode="prefill", seq_len=600, steps=1, warmup=0)
     r = run_cell(cell.to_dict())
     assert r["status"] == "error" and "max positions" in r["error"]
+
+
+def test_cpu_timeline_peaks_at_the_measured_peak():
+    r = _run()
+    tl = r["memory"]["timeline"]
+    assert 2 < len(tl) <= 1502
+    assert max(b for _, b in tl) == r["memory"]["peak_allocated"]
+    assert tl[0][1] == r["memory"]["baseline_allocated"]
+    assert all(t1 >= t0 for (t0, _), (t1, _) in zip(tl, tl[1:], strict=False))
+
+
+def test_downsampled_timeline_keeps_the_peak():
+    from memgauge.profilers.timing import downsample_timeline
+
+    pts = [(float(i), (i * 7919) % 1000) for i in range(10_000)] + [(10_000.0, 5000)]
+    out = downsample_timeline(pts, max_points=100)
+    assert len(out) <= 102 and max(b for _, b in out) == 5000
