@@ -442,7 +442,7 @@ class Store:
         row = {
             "run_id": run_id,
             "cell_key": cell["key"],
-            "baseline_key": c.baseline_key,
+            "baseline_key": result.get("baseline_key") or c.baseline_key,
             "model": cell["model"],
             "mode": cell["mode"],
             "techniques": S.technique_label(cell["techniques"]),

@@ -77,6 +77,8 @@ def _empty_result(cell: dict[str, Any]) -> dict[str, Any]:
             "device": c.device,
             "key": c.key,
         },
+        # computed beside `key` from the same code version (keys hash the workload code)
+        "baseline_key": c.baseline_key,
         "status": "error",
         "error": None,
         "params": {"total": None, "trainable": None},
