@@ -245,6 +245,12 @@ def test_two_shards_fill_one_postgres_run_concurrently(pg_url, tmp_path):
     assert all(r["status"] == "ok" for r in rows), [(r["status"], r["error"]) for r in rows]
     assert st.get_run(run_id)["status"] == "complete"
     assert len(st.runs()) == 1  # both shards wrote into the one run
+    # the dashboard's queries read the union from the server
+    from memgauge.results import queries as Q
+
+    assert Q.status_counts(st, run_id).get("ok") == len(cells)
+    frame, matched = Q.explore(st, Q.Filters(runs=(run_id,)))
+    assert matched == len(frame) == len(cells)
     st.close()
 
     # a late or repeated shard finds every cell done: nothing is run twice
