@@ -154,7 +154,9 @@ class QLora(Technique):
         # peft only turns checkpointing on for models it sees as loaded in 4 bits
         # (is_loaded_in_4bit); these were quantized here, so it is enabled explicitly below
         model = prepare_model_for_kbit_training(wl.hf_model, use_gradient_checkpointing=False)
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        from memgauge.techniques.recompute import enable_checkpointing
+
+        enable_checkpointing(model, {"use_reentrant": False})
         cfg = LoraConfig(
             r=self.r,
             lora_alpha=self.alpha,

@@ -9,6 +9,16 @@ from memgauge.techniques.base import Technique, register
 from memgauge.techniques.estimate_hooks import wrap_layer_activation
 
 
+def enable_checkpointing(model: Any, kwargs: dict[str, Any]) -> None:
+    """transformers renamed gradient_checkpointing_enable to activation_checkpointing_enable
+    (5.2x; the old name warns); use whichever this version has."""
+    new = getattr(model, "activation_checkpointing_enable", None)
+    if new is not None:
+        new(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 @register
 @dataclass(kw_only=True)
 class ActivationCheckpointing(Technique):
@@ -30,9 +40,7 @@ class ActivationCheckpointing(Technique):
         return list(wl.backbone.layers if hasattr(wl.backbone, "layers") else wl.backbone.h)
 
     def apply(self, wl: Any) -> None:
-        wl.hf_model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
+        enable_checkpointing(wl.hf_model, {"use_reentrant": False})
         for i, layer in enumerate(self._layers(wl)):
             layer.gradient_checkpointing = i % self.every == 0
 
@@ -99,11 +107,12 @@ class SelectiveCheckpointing(Technique):
         def policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
             return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
 
-        wl.hf_model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={
+        enable_checkpointing(
+            wl.hf_model,
+            {
                 "use_reentrant": False,
                 "context_fn": functools.partial(create_selective_checkpoint_contexts, policy),
-            }
+            },
         )
 
     def analytic(self, est: Any) -> None:
