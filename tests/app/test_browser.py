@@ -38,7 +38,7 @@ PAGES = {
     "estimate": True,
     "compare": False,
     "trends": False,
-    "timeline": False,
+    "timeline": True,
 }
 
 

@@ -126,21 +126,20 @@ def test_breakdown(monkeypatch, smoke_url):
     assert "at the peak (measured)" in alive.columns and "parameters" in set(alive["category"])
 
 
-@pytest.mark.parametrize("page", ["scaling", "combinations", "estimate"])
+@pytest.mark.parametrize("page", ["scaling", "combinations", "estimate", "timeline"])
 def test_chart_pages(monkeypatch, smoke_url, page):
     at = _app(monkeypatch, smoke_url, page)
     _ok(at)
     assert _charts(at), f"{page} drew no chart"
 
 
-@pytest.mark.parametrize("page", ["compare", "trends", "timeline"])
+@pytest.mark.parametrize("page", ["compare", "trends"])
 def test_pages_explain_what_the_smoke_store_lacks(monkeypatch, smoke_url, page):
     at = _app(monkeypatch, smoke_url, page)
     _ok(at)
     expected = {
         "compare": "comparing needs two",
         "trends": "No nightly history yet",
-        "timeline": "recorded a memory timeline",
     }[page]
     assert expected in _texts(at)
 
