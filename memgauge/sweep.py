@@ -105,6 +105,24 @@ def fill_loss_delta(
         q["loss_delta"] = q["loss"] - base_loss
 
 
+def _warn_if_code_changed(store: Store, run_id: str, env: dict[str, Any]) -> None:
+    """Cell keys hash the workload code: after a code change every cell of a resumed run is new
+    and runs again; say so rather than silently re-measuring."""
+    import json
+
+    try:
+        before = json.loads(store.get_run(run_id).get("env_json") or "{}").get("workload_version")
+    except (ValueError, TypeError):
+        return
+    now = env.get("workload_version")
+    if before and now and before != now:
+        sys.stderr.write(
+            f"warning: the workload code changed since run {run_id} started ({before} -> {now}); "
+            "its cells get new keys, so every cell is measured again and the earlier results "
+            "stay under their old keys\n"
+        )
+
+
 def run_sweep(
     cells: list[Cell],
     *,
@@ -138,6 +156,7 @@ def run_sweep(
         store.reopen_run(resume)
         run_id = resume
         statuses = store.cell_statuses(run_id)
+        _warn_if_code_changed(store, run_id, env)
     elif shared:
         store.ensure_run(
             run_id,

@@ -231,3 +231,20 @@ def test_f6_a_cell_is_all_rows_or_none(store, monkeypatch):
     monkeypatch.setattr(S, "breakdown_rows", real)
     store.write_result(rid, r)
     assert len(store.results(rid)) == 1
+
+
+def test_resume_after_a_code_change_warns(store, capsys):
+    from memgauge.sweep import run_sweep
+
+    cell = tiny()
+    done = run_isolated(cell.to_dict())
+    out = run_sweep([cell], store=store, suite="t", runner=lambda _c: done, progress=False)
+    with store.engine.begin() as con:  # as if the run had started under other workload code
+        con.exec_driver_sql(
+            "UPDATE runs SET env_json = ? WHERE id = ?",
+            ('{"workload_version": "000000000000"}', out.run_id),
+        )
+    run_sweep(
+        [cell], store=store, suite="t", resume=out.run_id, progress=False, runner=lambda _c: done
+    )
+    assert "workload code changed" in capsys.readouterr().err
