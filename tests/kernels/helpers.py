@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,3 +53,21 @@ def assert_close_report(actual, expected, *, atol, rtol, name):
             f"actual {[a[tuple(i)].item() for i in idx]}, "
             f"expected {[e[tuple(i)].item() for i in idx]}"
         )
+
+
+def run_triton_cases_in_child(test_file: str, min_passed: int) -> None:
+    """TRITON_INTERPRET must precede the first `import triton`: run a file's triton cases in a
+    fresh interpreter with it set, and require that they all ran and passed."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(test_file), "-q", "-k", "triton",
+         "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    tail = proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0, tail
+    passed = re.search(r"(\d+) passed", proc.stdout)
+    assert passed and int(passed.group(1)) >= min_passed, tail
+    assert "skipped" not in proc.stdout, tail

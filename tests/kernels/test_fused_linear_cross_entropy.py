@@ -8,12 +8,6 @@ cases run in a child pytest process started by `test_interpreted_cases_in_child_
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,7 +19,13 @@ from memgauge.kernels.fused_linear_cross_entropy import (
     resolve_impl,
     triton_available,
 )
-from tests.kernels.helpers import INTERPRET, TRITON_DEVICE, assert_close_report, triton_case
+from tests.kernels.helpers import (
+    INTERPRET,
+    TRITON_DEVICE,
+    assert_close_report,
+    run_triton_cases_in_child,
+    triton_case,
+)
 
 # (batch, seq, hidden, vocab): one real small shape, one odd shape (prime-ish sizes).
 REAL = (2, 128, 256, 4096)
@@ -339,18 +339,4 @@ def test_triton_ignore_index_and_nan_parity():
 @pytest.mark.skipif(INTERPRET or TRITON_DEVICE is not None, reason="the cases run in this process")
 @pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 def test_interpreted_cases_in_child_process():
-    """TRITON_INTERPRET must precede the first `import triton`: run the triton cases in a
-    fresh interpreter with it set."""
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", str(Path(__file__)), "-q", "-k", "triton",
-         "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning"],
-        cwd=root, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    tail = proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert proc.returncode == 0, tail
-    passed = re.search(r"(\d+) passed", proc.stdout)
-    assert passed and int(passed.group(1)) >= 8, tail
-    assert "skipped" not in proc.stdout, tail
+    run_triton_cases_in_child(__file__, min_passed=8)

@@ -9,12 +9,7 @@ from __future__ import annotations
 
 import copy
 import gc
-import os
-import re
-import subprocess
-import sys
 import weakref
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +17,13 @@ from torch import nn
 
 from memgauge.kernels.fused_linear_cross_entropy import triton_available
 from memgauge.kernels.rmsnorm import fused_rms_norm, patch_rmsnorm_, unpatch_rmsnorm_
-from tests.kernels.helpers import INTERPRET, TRITON_DEVICE, assert_close_report, triton_case
+from tests.kernels.helpers import (
+    INTERPRET,
+    TRITON_DEVICE,
+    assert_close_report,
+    run_triton_cases_in_child,
+    triton_case,
+)
 
 REAL = (2, 64, 256)  # (batch, seq, hidden)
 ODD = (4, 47, 31)
@@ -225,16 +226,4 @@ def test_triton_nan_and_inf_parity():
 @pytest.mark.skipif(INTERPRET or TRITON_DEVICE is not None, reason="the cases run in this process")
 @pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 def test_interpreted_cases_in_child_process():
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", str(Path(__file__)), "-q", "-k", "triton",
-         "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning"],
-        cwd=root, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    tail = proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert proc.returncode == 0, tail
-    passed = re.search(r"(\d+) passed", proc.stdout)
-    assert passed and int(passed.group(1)) >= 5, tail
-    assert "skipped" not in proc.stdout, tail
+    run_triton_cases_in_child(__file__, min_passed=5)
