@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from memgauge.cell import Cell
-from memgauge.commands.capacity import CapacityQuery, largest_true, search
+from memgauge.estimate.capacity import CapacityQuery, largest_true, search
 from memgauge.units import MiB
 
 
