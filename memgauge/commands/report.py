@@ -32,19 +32,43 @@ def register(sub: Any) -> None:
         help="memory budget for the best-combination table, e.g. 24GiB (repeat; "
         "default: 100/75/50%% of each baseline's peak)",
     )
+    p.add_argument(
+        "--gate",
+        action="append",
+        metavar="METRIC:THRESHOLD",
+        default=[],
+        help="with --vs: replace a default gate, as in nightly, e.g. peak_allocated:3%% or "
+        "tokens_per_s:5%%,3x (defaults: peak_allocated:2%%,4blocks peak_reserved:2%%,4blocks "
+        "tokens_per_s:5%%,3x)",
+    )
     p.set_defaults(fn=cmd_report)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from memgauge.results.gates import parse_gates
     from memgauge.results.report import write_report
     from memgauge.results.store import Store
     from memgauge.units import parse_bytes
 
     budgets = [parse_bytes(b) for b in args.budget] or None
+    try:
+        parse_gates(args.gate)  # a bad gate fails before the store is read
+    except ValueError as exc:
+        sys.stderr.write(f"memgauge: error: {exc}\n")
+        return 2
+    if args.gate and not args.vs:
+        sys.stderr.write("memgauge: error: --gate applies to a comparison: add --vs RUN\n")
+        return 2
     store = Store.open(args.store, create=False)
     try:
         paths = write_report(
-            store, args.output, args.format, run_id=args.run, vs=args.vs, budgets=budgets
+            store,
+            args.output,
+            args.format,
+            run_id=args.run,
+            vs=args.vs,
+            budgets=budgets,
+            gates=args.gate or None,
         )
     except ModuleNotFoundError as exc:
         sys.stderr.write(

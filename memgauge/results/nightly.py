@@ -9,20 +9,21 @@ Verdicts, per cell and metric:
                   nights, as the PyTorch HUD does), or a number became oom/crashed/timeout/error;
 - `suspicious`  - worse than the gate tonight only (a one-night spike);
 - `improved`    - better than the gate (reported, never an alarm);
-- `unstable`    - the cell's A/A spread across its baseline nights is larger than the gate's
-                  fixed threshold: it cannot tell a change from noise, so it never alarms;
+- `unstable`    - within the gate, but the cell's spread (across its baseline nights, or within
+                  a night's timing rounds) is larger than the gate's fixed threshold: it cannot
+                  tell a change of that size from noise (`report --vs` calls the same `noisy`);
 - `ok`, `new` (no baseline night on this environment yet), `failing` (failed tonight and never
   succeeded before), `skipped` (unsupported / skipped tonight).
 
-Gates are parsed from strings, `METRIC:TERM[,TERM...]`, the threshold being the largest term:
-`peak_allocated:2%,64MiB` (max(2 %, 64 MiB)), `tokens_per_s:5%,3x` (max(5 %, 3 x spread)).
+Gates (`memgauge/results/gates.py`, shared with `report --vs`) are parsed from strings,
+`METRIC:TERM[,TERM...]`, the threshold being the largest term: `peak_allocated:2%,4blocks`
+(max(2 %, 4 allocator blocks of the cell's device)), `tokens_per_s:5%,3x` (max(5 %, 3 x spread)).
 Never imports torch."""
 
 from __future__ import annotations
 
 import json
 import math
-import re
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -30,8 +31,20 @@ from typing import Any
 import sqlalchemy as sa
 
 from memgauge.results import schema as S
+from memgauge.results.gates import (  # noqa: F401 - re-exported: nightly's gates are these
+    DEFAULT_GATES,
+    MAD_TO_SD,
+    METRICS,
+    SPEED_METRICS,
+    Check,
+    Gate,
+    fmt_rel,
+    fmt_value,
+    parse_gates,
+    timing_spread,
+)
 from memgauge.results.store import Store
-from memgauge.units import fmt_bytes, parse_bytes
+from memgauge.units import fmt_bytes
 
 WINDOW = 7
 """baseline = median of this many last successful nights"""
@@ -39,184 +52,11 @@ CONFIRM_NIGHTS = 2
 """a change is a regression once it is seen on this many consecutive nights"""
 MIN_AA_NIGHTS = 3
 """fewer baseline nights than this: the across-night spread is not trusted (see `spread`)"""
-MAD_TO_SD = 1.4826
-"""median absolute deviation -> standard deviation of a normal distribution"""
 
-# metric -> (unit, higher_is_better)
-METRICS: dict[str, tuple[str, bool]] = {
-    "peak_allocated": ("bytes", False),
-    "peak_reserved": ("bytes", False),
-    "device_used_peak": ("bytes", False),
-    "host_peak": ("bytes", False),
-    "step_ms_p50": ("ms", False),
-    "tokens_per_s": ("tokens/s", True),
-}
-DEFAULT_GATES = ("peak_allocated:2%,64MiB", "peak_reserved:2%,64MiB", "tokens_per_s:5%,3x")
 FAIL_ON = ("regression", "suspicious", "never")
 # verdicts from worst to best: a cell shows its worst metric
 ORDER = ("regression", "suspicious", "failing", "unstable", "improved", "new", "ok", "skipped")
 ALARMS = ("regression", "suspicious")
-
-
-# -- gates ----------------------------------------------------------------------------------------
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Gate:
-    """One metric's threshold: the largest of a relative, an absolute and a spread term."""
-
-    metric: str
-    """a column of the results table, one of METRICS"""
-    rel: float | None = None
-    """fraction of the baseline (0.02 = 2 %)"""
-    absolute: float | None = None
-    """in the metric's own unit (bytes for memory)"""
-    spread_k: float | None = None
-    """multiple of the cell's measured spread"""
-    text: str = ""
-
-    def __post_init__(self) -> None:
-        if self.metric not in METRICS:
-            raise ValueError(
-                f"gate metric {self.metric!r} unknown; use one of {', '.join(METRICS)}"
-            )
-        for name in ("rel", "absolute", "spread_k"):
-            v = getattr(self, name)
-            if v is not None and (not math.isfinite(v) or v < 0):
-                raise ValueError(
-                    f"gate {self.metric}: {name} must be a finite number >= 0, got {v}"
-                )
-        if self.rel is None and self.absolute is None and self.spread_k is None:
-            raise ValueError(f"gate {self.metric}: needs a threshold, e.g. {self.metric}:5%")
-
-    @classmethod
-    def parse(cls, text: str) -> Gate:
-        """`peak_allocated:2%,64MiB`, `tokens_per_s:5%,3x`, `step_ms_p50:0.5` (ms)."""
-        metric, sep, terms = text.partition(":")
-        metric = metric.strip()
-        if not sep or not terms.strip():
-            raise ValueError(
-                f"gate {text!r}: write METRIC:THRESHOLD, e.g. peak_allocated:3% "
-                f"or tokens_per_s:5%,3x"
-            )
-        if metric not in METRICS:
-            raise ValueError(
-                f"gate {text!r}: metric {metric!r} unknown; use one of {', '.join(METRICS)}"
-            )
-        rel = absolute = spread_k = None
-        for term in (t.strip().lower() for t in terms.split(",")):
-            try:
-                if term.endswith("%"):
-                    rel = float(term[:-1]) / 100
-                elif term.endswith("x"):
-                    spread_k = float(term[:-1])
-                elif METRICS[metric][0] == "bytes":
-                    absolute = float(parse_bytes(term))
-                else:
-                    absolute = float(re.sub(r"(ms|tokens/s)$", "", term))
-            except ValueError:
-                raise ValueError(
-                    f"gate {text!r}: cannot read {term!r}; terms are N% (of the "
-                    f"baseline), Nx (times the measured spread) or an absolute "
-                    f"amount (64MiB for memory)"
-                ) from None
-        return cls(metric=metric, rel=rel, absolute=absolute, spread_k=spread_k, text=text)
-
-    @property
-    def higher_is_better(self) -> bool:
-        return METRICS[self.metric][1]
-
-    def fixed_threshold(self, baseline: float) -> float:
-        """The threshold without the spread term (the bar an A/A spread must stay under)."""
-        terms = [
-            self.rel * abs(baseline) if self.rel is not None else 0.0,
-            self.absolute if self.absolute is not None else 0.0,
-        ]
-        return max(terms)
-
-    def threshold(self, baseline: float, spread: float | None) -> float:
-        """Allowed change, in the metric's unit; `spread` is relative (a fraction of baseline)."""
-        t = self.fixed_threshold(baseline)
-        if self.spread_k is not None and spread is not None:
-            t = max(t, self.spread_k * spread * abs(baseline))
-        return t
-
-    def describe(self, baseline: float, spread: float | None) -> str:
-        """`max(2%, 64.00 MiB) = 64.00 MiB`, in words a reader can check."""
-        parts = []
-        if self.rel is not None:
-            parts.append(f"{self.rel * 100:g}%")
-        if self.absolute is not None:
-            parts.append(fmt_value(self.metric, self.absolute))
-        if self.spread_k is not None:
-            parts.append(
-                f"{self.spread_k:g}x spread"
-                + (f" ({spread * 100:.1f}%)" if spread is not None else " (unknown)")
-            )
-        inner = parts[0] if len(parts) == 1 else f"max({', '.join(parts)})"
-        return f"{inner} = {fmt_value(self.metric, self.threshold(baseline, spread))}"
-
-    def check(self, value: float, baseline: float, spread: float | None) -> Check:
-        limit = self.threshold(baseline, spread)
-        delta = value - baseline
-        worse = delta if not self.higher_is_better else -delta
-        direction = "worse" if worse > limit else "better" if -worse > limit else "same"
-        rel = delta / baseline if baseline else None
-        verb = "grew" if delta > 0 else "fell" if delta < 0 else "unchanged"
-        words = (
-            f"{self.metric} {verb} {fmt_rel(rel)} ({fmt_value(self.metric, baseline)} to "
-            f"{fmt_value(self.metric, value)}); limit {self.describe(baseline, spread)}"
-        )
-        if direction == "same":
-            words += ": within the limit"
-        return Check(
-            metric=self.metric,
-            value=value,
-            baseline=baseline,
-            delta=delta,
-            rel=rel,
-            limit=limit,
-            spread=spread,
-            direction=direction,
-            reason=words,
-        )
-
-
-def parse_gates(texts: list[str] | tuple[str, ...] | None) -> list[Gate]:
-    """The default gates, each replaced by a given gate of the same metric (others added)."""
-    gates = {g.metric: g for g in map(Gate.parse, DEFAULT_GATES)}
-    for t in texts or ():
-        g = Gate.parse(t)
-        gates[g.metric] = g
-    return list(gates.values())
-
-
-@dataclass(kw_only=True, slots=True)
-class Check:
-    """One metric of one night against its baseline."""
-
-    metric: str
-    value: float
-    baseline: float
-    delta: float
-    rel: float | None
-    limit: float
-    spread: float | None
-    direction: str  # worse | better | same
-    reason: str
-
-
-def fmt_value(metric: str, v: float | None) -> str:
-    if v is None:
-        return "—"
-    unit = METRICS.get(metric, ("", False))[0]
-    if unit == "bytes":
-        return fmt_bytes(v)
-    if unit == "ms":
-        return f"{v:.2f} ms"
-    return f"{v:.0f} {unit}".strip()
-
-
-def fmt_rel(rel: float | None) -> str:
-    return f"{rel * 100:+.1f}%" if rel is not None else "n/a"
 
 
 # -- history --------------------------------------------------------------------------------------
@@ -231,7 +71,10 @@ class Night:
     values: dict[str, float | None]
     step_ms_p20: float | None = None
     step_ms_p80: float | None = None
+    device: str = "cpu"
     breakdown: dict[str, int] = field(default_factory=dict)
+    timing: dict[str, Any] = field(default_factory=dict)
+    """the result's timing object (rounds, spread, A/A noise floor), loaded with the breakdown"""
 
 
 def _nights(
@@ -246,6 +89,7 @@ def _nights(
         r.c.status,
         r.c.step_ms_p20,
         r.c.step_ms_p80,
+        r.c.device,
         n.c.id.label("run_id"),
         n.c.started_at,
         *[r.c[m] for m in METRICS],
@@ -276,6 +120,7 @@ def _night(row: Any) -> Night:
         values={m: row[m] for m in METRICS},
         step_ms_p20=row["step_ms_p20"],
         step_ms_p80=row["step_ms_p80"],
+        device=row["device"],
     )
 
 
@@ -289,33 +134,45 @@ def _load_breakdowns(store: Store, nights: list[Night]) -> None:
             )
             for row in con.execute(q).mappings():
                 by_id[row["result_id"]].breakdown[row["category"]] = int(row["bytes"])
+            q = sa.select(S.results.c.id, S.results.c.result_json).where(
+                S.results.c.id.in_(ids[i : i + 500])
+            )
+            for rid, raw in con.execute(q):
+                by_id[rid].timing = (json.loads(raw) or {}).get("timing") or {}
 
 
 # -- statistics -----------------------------------------------------------------------------------
-def spread(metric: str, window: list[Night]) -> float | None:
+def spread(metric: str, window: list[Night], tonight: Night | None = None) -> float | None:
     """A cell's measured spread for a metric, relative to its median.
 
     With >= MIN_AA_NIGHTS baseline nights: the robust A/A spread across them (1.4826 x MAD /
-    median; one odd night does not inflate it).  Step-time metrics never go below the spread the
-    timing pass itself measured within each night, half of (p80 - p20) / p50 (the median over the
-    window), since the nightly median of a few nights cannot see noise smaller than that."""
+    median; one odd night does not inflate it).  Speed metrics never go below the spread measured
+    within each night (`gates.timing_spread`: its timing rounds and its sweep's A/A pair, or half
+    of (p80 - p20) / p50 for older results; the median over the window), since the nightly median
+    of a few nights cannot see noise smaller than that."""
     vals = [n.values[metric] for n in window if n.values.get(metric) is not None]
     med = statistics.median(vals) if vals else None
     across = None
     if med and len(vals) >= MIN_AA_NIGHTS:
         across = MAD_TO_SD * statistics.median(abs(v - med) for v in vals) / abs(med)
     within = None
-    if metric in ("step_ms_p50", "tokens_per_s"):
-        w = [
-            (n.step_ms_p80 - n.step_ms_p20) / (2 * n.values["step_ms_p50"])
-            for n in window
-            if n.step_ms_p20 is not None
-            and n.step_ms_p80 is not None
-            and n.values.get("step_ms_p50")
-        ]
+    if metric in SPEED_METRICS:
+        w = [s for s in map(_within, window) if s is not None]
         within = statistics.median(w) if w else None
+        if within is not None and tonight is not None and _within(tonight) is not None:
+            # two measured sides, as `report --vs` combines them: the same data, one verdict
+            within = math.hypot(within, _within(tonight))
     known = [s for s in (across, within) if s is not None]
     return max(known) if known else None
+
+
+def _within(n: Night) -> float | None:
+    timing = n.timing or {
+        "step_ms_p20": n.step_ms_p20,
+        "step_ms_p50": n.values.get("step_ms_p50"),
+        "step_ms_p80": n.step_ms_p80,
+    }
+    return timing_spread(timing)[0]
 
 
 def _exceeds(gate: Gate, night: Night, window: list[Night]) -> Check | None:
@@ -324,7 +181,12 @@ def _exceeds(gate: Gate, night: Night, window: list[Night]) -> Check | None:
     vals = [n.values[gate.metric] for n in window if n.values.get(gate.metric) is not None]
     if value is None or not vals:
         return None
-    return gate.check(float(value), float(statistics.median(vals)), spread(gate.metric, window))
+    return gate.check(
+        float(value),
+        float(statistics.median(vals)),
+        spread(gate.metric, window, night),
+        night.device,
+    )
 
 
 # -- verdicts -------------------------------------------------------------------------------------
@@ -338,6 +200,8 @@ class MetricVerdict:
     limit: float | None
     spread: float | None
     reason: str
+    interval: tuple[float, float] | None = None
+    """the value/baseline ratio's interval (gates.ratio_interval)"""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -497,15 +361,9 @@ def _judge(
         chk = _exceeds(gate, night, window)
         if chk is None:
             continue
-        aa = chk.spread * abs(chk.baseline) if chk.spread is not None else 0.0
-        if aa > gate.fixed_threshold(chk.baseline):
+        if chk.direction == "noisy":
             verdict = "unstable"
-            fixed = fmt_value(gate.metric, gate.fixed_threshold(chk.baseline))
-            reason = (
-                f"{gate.metric}: measured spread {chk.spread * 100:.1f}% "
-                f"({fmt_value(gate.metric, aa)}) exceeds the gate's fixed {fixed}; "
-                f"excluded from alarms ({chk.reason})"
-            )
+            reason = f"{chk.reason}; excluded from alarms"
         elif chk.direction == "worse":
             before = _exceeds(gate, prev, prev_window) if prev_window else None
             confirmed = before is not None and before.direction == "worse"
@@ -528,6 +386,7 @@ def _judge(
                 rel=chk.rel,
                 limit=chk.limit,
                 spread=chk.spread,
+                interval=chk.interval,
                 reason=reason,
             )
         )

@@ -228,51 +228,6 @@ def prediction_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def comparison_table(cmp: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Verdicts for `queries.compare_runs` rows (a = the older run, b = this one) with the
-    default nightly gates: one comparison, no confirmation, so worse / better / same, or the
-    status change (a number becoming a failure is `worse`)."""
-    from memgauge.results.nightly import parse_gates
-
-    gates = {g.metric: g for g in parse_gates(None)}
-    out = []
-    for r in cmp:
-        base = {"label": _cell(r), "status_before": r["a_status"], "status": r["b_status"]}
-        if r["a_status"] != r["b_status"]:
-            worse = r["b_status"] in S.FAILED and r["a_status"] == "ok"
-            out.append(
-                {
-                    **base,
-                    "metric": "status",
-                    "before": None,
-                    "after": None,
-                    "change": None,
-                    "verdict": "worse" if worse else "changed",
-                    "reason": f"status {r['a_status']} -> {r['b_status']}",
-                }
-            )
-            continue
-        for metric, a, b in (
-            ("peak_allocated", r["a_value"], r["b_value"]),
-            ("tokens_per_s", r["a_tokens_per_s"], r["b_tokens_per_s"]),
-        ):
-            if a is None or b is None:
-                continue
-            chk = gates[metric].check(float(b), float(a), None)
-            out.append(
-                {
-                    **base,
-                    "metric": metric,
-                    "before": a,
-                    "after": b,
-                    "change": chk.rel,
-                    "verdict": chk.direction,
-                    "reason": chk.reason,
-                }
-            )
-    return out
-
-
 def build_report(
     store: Store,
     *,
@@ -281,6 +236,7 @@ def build_report(
     budgets: list[int] | None = None,
     nightly: Any = None,
     draw: bool = True,
+    gates: list[str] | None = None,
 ) -> ReportData:
     """Every table (and, with `draw`, every figure) of the report for run `run_id` (default:
     the newest run); `vs` adds the comparison with that older run."""
@@ -314,7 +270,9 @@ def build_report(
     if vs is not None:
         data.vs = store.get_run(vs)
         cmp_df, counts = Q.compare_runs(store, vs, run_id)
-        data.comparison = comparison_table(_records(cmp_df))
+        from memgauge.results.gates import compare_runs, parse_gates
+
+        data.comparison = compare_runs(store, vs, run_id, parse_gates(gates))
         diffs = Q.compare_envs(store, vs, run_id)
         if diffs:
             data.warnings.append("the two runs differ in: " + "; ".join(diffs[:8]))
@@ -412,9 +370,22 @@ def _num(x: float | None, fmt: str = "{:.0f}") -> str:
 
 
 def _fmt_metric(metric: str, v: float | None) -> str:
-    from memgauge.results.nightly import fmt_value
+    from memgauge.results.gates import fmt_value
 
     return fmt_value(metric, v)
+
+
+def _ratio(c: dict[str, Any]) -> str:
+    """Speed: the ratio with its interval ("no measurable difference" when it includes 1.0);
+    memory is exact on CPU and shown as the plain ratio."""
+    from memgauge.results.gates import fmt_ratio
+
+    if c.get("ratio") is None:
+        return "—"
+    if c.get("spread_source") == "exact":
+        return f"{c['ratio']:.3f}x"
+    iv = (c["interval_lo"], c["interval_hi"]) if c.get("interval_lo") is not None else None
+    return fmt_ratio(c["ratio"], iv)
 
 
 Section = tuple[str, str, list[str], list[list[str]]]
@@ -467,7 +438,7 @@ def sections(data: ReportData) -> list[Section]:
             (
                 "regressions",
                 f"Regressions: {data.run['id']} vs {data.vs['id']}",
-                ["verdict", "cell", "metric", "before", "after", "change", "why"],
+                ["verdict", "cell", "metric", "before", "after", "change", "ratio", "why"],
                 [
                     [
                         c["verdict"],
@@ -476,6 +447,7 @@ def sections(data: ReportData) -> list[Section]:
                         _fmt_metric(c["metric"], c["before"]),
                         _fmt_metric(c["metric"], c["after"]),
                         _pct(c["change"]),
+                        _ratio(c),
                         c["reason"],
                     ]
                     for c in cmp
@@ -626,7 +598,7 @@ _CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:
 table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:13px}
 th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}td.regression,td.worse{background:#fdd}td.suspicious{background:#ffe9b3}
-td.improved,td.better{background:#dfd}td.unstable{background:#eee}.meta{color:#555;font-size:13px}"""
+td.improved,td.better{background:#dfd}td.unstable,td.noisy{background:#eee}.meta{color:#555;font-size:13px}"""
 
 
 def _esc(s: Any) -> str:
@@ -798,6 +770,8 @@ def write_json(data: ReportData, path: Path) -> None:
         "warnings": data.warnings,
         "rows": data.rows,
         "nightly": data.nightly.to_dict() if data.nightly is not None else None,
+        # --vs: per cell and metric, both values, the ratio, its interval and the verdict
+        "comparison": data.comparison if data.vs is not None else None,
     }
     path.write_text(json.dumps(doc, indent=1, default=_json_default))
 
@@ -817,21 +791,34 @@ def write_report(
     vs: str | None = None,
     budgets: list[int] | None = None,
     nightly: Any = None,
+    gates: list[str] | None = None,
 ) -> list[Path]:
-    """Write the report; returns the files written (markdown: the .md and its PNGs)."""
+    """Write the report; returns the files written (markdown: the .md and its PNGs).  With `vs`,
+    csv is the comparison (`gates.VS_COLUMNS`, one row per cell and metric) and json carries it
+    under `comparison`; `gates` replace the default gates as in nightly."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = build_report(
-        store, run_id=run_id, vs=vs, budgets=budgets, nightly=nightly, draw=fmt in ("html", "md")
+        store,
+        run_id=run_id,
+        vs=vs,
+        budgets=budgets,
+        nightly=nightly,
+        draw=fmt in ("html", "md"),
+        gates=gates,
     )
     if fmt == "html":
         path.write_text(render_html(data), encoding="utf-8")
         return [path]
     if fmt == "md":
         return render_markdown(data, path)
-    if fmt == "csv":
+    if fmt == "csv" and vs is not None:
+        from memgauge.results.gates import VS_COLUMNS
+
+        write_csv([{c: r.get(c) for c in VS_COLUMNS} for r in data.comparison], path)
+    elif fmt == "csv":
         write_csv(data.rows, path)
     elif fmt == "parquet":
         write_parquet(data.rows, path)
