@@ -4,7 +4,9 @@ one file to hand a colleague (markdown: the .md plus its PNG charts beside it)."
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -44,6 +46,23 @@ def register(sub: Any) -> None:
     p.set_defaults(fn=cmd_report)
 
 
+def check_output_file(output: str) -> Path:
+    """The file a report goes to: its folder must exist (a reading command creates no folders)
+    and it must not be a folder itself."""
+    path = Path(output).expanduser()
+    if path.is_dir():
+        raise ValueError(f"-o {output}: is a folder; give a file name inside it")
+    folder = path.parent
+    if not folder.is_dir():
+        raise ValueError(
+            f"-o {output}: the folder {folder} does not exist; create it first "
+            f"(report creates no folders)"
+        )
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"-o {output}: the folder {folder} is not writable")
+    return path
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from memgauge.results.gates import parse_gates
     from memgauge.results.report import write_report
@@ -59,6 +78,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.gate and not args.vs:
         sys.stderr.write("memgauge: error: --gate applies to a comparison: add --vs RUN\n")
         return 2
+    check_output_file(args.output)  # before the store is opened: a bad -o costs nothing
     store = Store.open(args.store, create=False)
     try:
         paths = write_report(

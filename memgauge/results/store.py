@@ -10,6 +10,7 @@ import re
 import socket
 import sqlite3
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -103,8 +104,51 @@ def _fs_type(path: Path, mounts: str = "/proc/mounts") -> str | None:
         return None
 
 
+def _sqlite_uri(path: Path, **params: str) -> str:
+    """An SQLite URI filename for `path` (quoted: a ? # or % in a folder name stays a name)."""
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return "file:" + urllib.parse.quote(str(path)) + (f"?{query}" if query else "")
+
+
+def _read_only_mount(path: Path) -> bool:
+    """True when nothing can be created beside `path` (a read-only mount or folder)."""
+    folder = path.parent
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return True
+    except OSError:
+        pass
+    return not os.access(folder, os.W_OK)
+
+
+def _ro_connect(path: Path) -> sqlite3.Connection:
+    """A connection that cannot write (mode=ro).  On a read-only mount a WAL store's -shm file
+    cannot be created, so it is opened immutable there (nothing can change it on such a mount)."""
+    immutable = _read_only_mount(path)
+    params = {"mode": "ro", **({"immutable": "1"} if immutable else {})}
+    con = sqlite3.connect(
+        _sqlite_uri(path, **params), uri=True, timeout=30, check_same_thread=False
+    )
+    try:
+        con.execute("PRAGMA busy_timeout = 30000")
+        con.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
+    except sqlite3.OperationalError:
+        con.close()
+        if immutable:
+            raise
+        # a WAL store in a folder we may read but not write into: no -shm can be made
+        con = sqlite3.connect(
+            _sqlite_uri(path, mode="ro", immutable="1"),
+            uri=True,
+            timeout=30,
+            check_same_thread=False,
+        )
+    return con
+
+
 def check_sqlite_file(path: Path) -> None:
-    """Refuse files that are not SQLite databases, and SQLite on network filesystems (F8, F9)."""
+    """Refuse files that are not SQLite databases, and SQLite on network filesystems (F8, F9).
+    Reads at most; never writes."""
     folder = path.parent if not path.exists() else path
     fs = os.environ.get("MEMGAUGE_FSTYPE_OVERRIDE") or _fs_type(
         folder if folder.exists() else path.parent
@@ -121,15 +165,21 @@ def check_sqlite_file(path: Path) -> None:
         size = path.stat().st_size
         if size == 0:
             return
-        with open(path, "rb") as f:
-            head = f.read(16)
+        try:
+            with open(path, "rb") as f:
+                head = f.read(16)
+        except PermissionError:
+            raise StoreError(
+                f"the store {path} cannot be read (permission denied); fix its permissions "
+                f"or point --store at another file"
+            ) from None
         if head != SQLITE_MAGIC:
             raise StoreError(
                 f"{path} is not a memgauge store (not an SQLite database); "
                 f"the file was left untouched. Point --store at another file."
             )
         try:  # a truncated file passes the magic check; ask SQLite without writing
-            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+            con = _ro_connect(path)
             try:
                 con.execute("PRAGMA schema_version").fetchone()
                 con.execute("SELECT name FROM sqlite_master").fetchall()
@@ -142,14 +192,79 @@ def check_sqlite_file(path: Path) -> None:
             ) from None
 
 
+def _sqlite_contents(path: Path) -> tuple[set[str], str | None]:
+    """The tables of an SQLite file and its meta schema_version text, read without writing."""
+    con = _ro_connect(path)
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        version = None
+        if "meta" in tables:
+            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = None if row is None else str(row[0])
+        return tables, version
+    finally:
+        con.close()
+
+
+def _engine_contents(engine: Engine) -> tuple[set[str], str | None]:
+    """The same for a server store (an inspection and one SELECT: no writes)."""
+    tables = set(sa.inspect(engine).get_table_names())
+    version = None
+    if "meta" in tables:
+        with engine.connect() as con:
+            row = con.execute(
+                sa.select(S.meta.c.value).where(S.meta.c.key == "schema_version")
+            ).first()
+        version = None if row is None else str(row[0])
+    return tables, version
+
+
+def schema_of(where: str, tables: set[str], version: str | None) -> int | None:
+    """The schema version of a store holding `tables`, None for an empty database; raises
+    StoreError for a database that is not memgauge's or newer than this memgauge."""
+    if not tables:
+        return None
+    if "meta" not in tables:
+        if "results" in tables:  # a store from before the schema recorded its version
+            return 0
+        raise StoreError(
+            f"{where} holds other tables ({', '.join(sorted(tables)[:8])}); it is not a "
+            f"memgauge store and was left untouched. Point --store elsewhere."
+        )
+    if version is None:
+        return 0
+    try:
+        v = int(version)
+    except ValueError:
+        raise StoreError(
+            f"{where}: its meta table's schema_version is {version!r}, not an integer; the "
+            f"store is damaged or not memgauge's and was left untouched. Restore a backup or "
+            f"point --store elsewhere."
+        ) from None
+    if v > S.SCHEMA_VERSION:
+        raise StoreError(
+            f"{where} has schema version {v}, newer than this memgauge "
+            f"({S.SCHEMA_VERSION}); upgrade memgauge. The store was left untouched."
+        )
+    return v
+
+
 class Store:
     """Open (and create or migrate) a store.  Use `Store.open(url)`."""
 
-    def __init__(self, url: str, engine: Engine, read_engine: Engine | None = None):
+    def __init__(
+        self,
+        url: str,
+        engine: Engine,
+        read_engine: Engine | None = None,
+        *,
+        read_only: bool = False,
+    ):
         self.url = url
         self.engine = engine  # writes (SQLite: BEGIN IMMEDIATE, so writers queue, never deadlock)
         self.read_engine = read_engine or engine  # reads (SQLite: deferred, never blocks writers)
         self.is_sqlite = url.startswith("sqlite")
+        self.read_only = read_only
 
     @property
     def safe_url(self) -> str:
@@ -158,41 +273,110 @@ class Store:
     # -- opening ----------------------------------------------------------------------------------
     @classmethod
     def open(cls, store: str | None = None, *, create: bool = True) -> Store:
+        """`create=True`: a store to write into (created if absent, migrated if older).
+        `create=False`: a store to read; nothing is ever written (a read-only file or mount is
+        fine) and a missing, empty or older store is refused with what to run.
+
+        Nothing is written before the file or database is known to be memgauge's and of a
+        schema this version reads (F9): WAL is switched on only after that."""
         url = driver_url(resolve_url(store))
         if url.startswith("sqlite"):
-            path = Path(sa.engine.make_url(url).database or "")
-            check_sqlite_file(path)
-            if not path.exists() and not create:
+            return cls._open_sqlite(url, create=create)
+        try:
+            engine = sa.create_engine(url, pool_pre_ping=True)
+        except Exception as exc:  # noqa: BLE001
+            raise StoreError(
+                f"cannot use store {redact(url)}: {type(exc).__name__}: {_scrub(str(exc), url)}"
+            ) from None
+        st = cls(url, engine, engine, read_only=not create)
+        try:
+            with st._schema_lock(create):
+                version = schema_of(st.safe_url, *_engine_contents(engine))
+                st._prepare(version, create)
+        except StoreError:
+            engine.dispose()
+            raise
+        except (sa.exc.SQLAlchemyError, OSError) as exc:
+            engine.dispose()
+            raise StoreError(
+                f"cannot open store {st.safe_url}: {type(exc).__name__}: {_scrub(str(exc), url)}"
+            ) from None
+        return st
+
+    @classmethod
+    def _open_sqlite(cls, url: str, *, create: bool) -> Store:
+        path = Path(sa.engine.make_url(url).database or "")
+        if not str(path) or str(path) == ":memory:":
+            raise StoreError(
+                f"the store URL {redact(url)!r} names no file; give a path "
+                f"(--store results.sqlite or --store sqlite:////abs/path.sqlite)"
+            )
+        check_sqlite_file(path)
+        exists = path.exists()
+        empty = exists and path.stat().st_size == 0
+        if not create:
+            if not exists:
                 raise StoreError(
                     f"no store at {path}; run `memgauge sweep --suite quick` first or pass --store"
                 )
-            path.parent.mkdir(parents=True, exist_ok=True)
-            engine = _sqlite_engine(url, immediate=True)
-            read_engine = _sqlite_engine(url, immediate=False)
-        else:
-            try:
-                engine = read_engine = sa.create_engine(url, pool_pre_ping=True)
-            except Exception as exc:  # noqa: BLE001
+            if empty:
                 raise StoreError(
-                    f"cannot use store {redact(url)}: {type(exc).__name__}: {_scrub(str(exc), url)}"
-                ) from None
-        st = cls(url, engine, read_engine)
+                    f"the store {path} is an empty file (0 bytes, no results); run "
+                    f"`memgauge --store {path} sweep --suite quick` first. It was left untouched."
+                )
+        where = str(path)
         try:
-            with st._schema_lock():
-                st._init_schema()
+            version = schema_of(where, *_sqlite_contents(path)) if exists and not empty else None
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"cannot read the store {path}: {exc}; it was left untouched"
+            ) from None
+        if not create:
+            if version is None:
+                raise StoreError(
+                    f"the store {path} holds no tables yet; run "
+                    f"`memgauge --store {path} sweep --suite quick` first"
+                )
+            if version < S.SCHEMA_VERSION:
+                raise StoreError(
+                    f"{path} has schema version {version}, older than this memgauge "
+                    f"({S.SCHEMA_VERSION}); a writing command (memgauge sweep or run) migrates "
+                    f"it after a backup. It was left untouched."
+                )
+            engine = _sqlite_engine(url, path, immediate=False, read_only=True)
+            return cls(url, engine, engine, read_only=True)
+        if exists and not (os.access(path, os.W_OK) and not _read_only_mount(path)):
+            raise StoreError(
+                f"the store {path} is read-only (its permissions, an immutable flag or a "
+                f"read-only mount); this command writes results, so make it writable or pass "
+                f"--store with another file. Reading commands (report, dashboard) work on it."
+            )
+        if not exists:
+            _create_sqlite(path)
+            version = S.SCHEMA_VERSION
+        st = cls(
+            url,
+            _sqlite_engine(url, path, immediate=True),
+            _sqlite_engine(url, path, immediate=False),
+        )
+        try:
+            st._prepare(version, create)
         except StoreError:
+            st.close()
             raise
         except (sa.exc.SQLAlchemyError, OSError) as exc:
+            st.close()
             raise StoreError(
                 f"cannot open store {st.safe_url}: {type(exc).__name__}: {_scrub(str(exc), url)}"
             ) from None
         return st
 
     @contextmanager
-    def _schema_lock(self) -> Iterator[None]:
+    def _schema_lock(self, create: bool = True) -> Iterator[None]:
         """PostgreSQL: machines opening a fresh store at once must not both create its tables
-        (a session advisory lock serialises the check-and-create).  SQLite: its write lock."""
-        if self.engine.dialect.name != "postgresql":
+        (a session advisory lock serialises the check-and-create).  SQLite: its write lock.
+        A store opened to read takes no lock (an advisory lock is no write, but not needed)."""
+        if self.engine.dialect.name != "postgresql" or not create:
             yield
             return
         with self.engine.connect() as con:
@@ -204,35 +388,25 @@ class Store:
                 con.exec_driver_sql(f"SELECT pg_advisory_unlock({_SCHEMA_LOCK_KEY})")
                 con.commit()
 
-    def _init_schema(self) -> None:
-        insp = sa.inspect(self.engine)
-        tables = set(insp.get_table_names())
-        if "meta" not in tables:
-            if tables and "results" not in tables:
+    def _prepare(self, version: int | None, create: bool) -> None:
+        """Create the tables of an empty database, migrate an older one (writing stores only)."""
+        if not create:
+            if version is None:
                 raise StoreError(
-                    f"{self.safe_url} holds other tables ({', '.join(sorted(tables))}); "
-                    f"it is not a memgauge store. Point --store elsewhere."
+                    f"{self.safe_url} holds no memgauge tables yet; run "
+                    f"`memgauge --store URL sweep --suite quick` into it first"
                 )
-            if "results" in tables:  # a store from before the schema recorded its version
-                self.migrate(0)
-                return
-            with self.engine.begin() as con:
-                S.metadata.create_all(con)
-                con.execute(
-                    S.meta.insert().values(key="schema_version", value=str(S.SCHEMA_VERSION))
+            if version < S.SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.safe_url} has schema version {version}, older than this memgauge "
+                    f"({S.SCHEMA_VERSION}); a writing command (memgauge sweep or run) migrates "
+                    f"it. It was left untouched."
                 )
             return
-        with self.engine.connect() as con:
-            row = con.execute(
-                sa.select(S.meta.c.value).where(S.meta.c.key == "schema_version")
-            ).first()
-        version = int(row[0]) if row else 0
-        if version > S.SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.safe_url} has schema version {version}, newer than this memgauge "
-                f"({S.SCHEMA_VERSION}); upgrade memgauge. The store was left untouched."
-            )
-        if version < S.SCHEMA_VERSION:
+        if version is None:
+            with self.engine.begin() as con:
+                _create_schema(con)
+        elif version < S.SCHEMA_VERSION:
             self.migrate(version)
 
     def migrate(self, from_version: int) -> None:
@@ -541,16 +715,65 @@ class Store:
 _SCHEMA_LOCK_KEY = 0x6D656D67  # "memg": the advisory lock around schema creation/migration
 
 
-def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
-    engine = sa.create_engine(url, connect_args={"timeout": 30})
+def _create_schema(con: Any) -> None:
+    S.metadata.create_all(con)
+    con.execute(S.meta.insert().values(key="schema_version", value=str(S.SCHEMA_VERSION)))
+
+
+def _create_sqlite(path: Path) -> None:
+    """A new store: built beside its final name and linked into place when complete, so a full
+    disk or a crash while creating it leaves no file (or a half-made one) behind (issue 14/9)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create the folder {path.parent} for the store: {exc.strerror or exc}"
+        ) from None
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.creating")
+    try:
+        engine = sa.create_engine("sqlite:///" + str(tmp))
+        try:
+            with engine.begin() as con:
+                _create_schema(con)
+        finally:
+            engine.dispose()
+        try:
+            os.link(tmp, path)  # fails if another process created the store meanwhile: use it
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links
+            if not path.exists():
+                os.replace(tmp, path)
+    except (sa.exc.SQLAlchemyError, sqlite3.Error, OSError) as exc:
+        detail = getattr(exc, "orig", None) or exc
+        raise StoreError(
+            f"cannot create the store {path}: {type(detail).__name__}: {detail}; no file was "
+            f"left behind. Free space or pick another --store."
+        ) from None
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+            try:
+                leftover.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                pass
+
+
+def _sqlite_engine(url: str, path: Path, *, immediate: bool, read_only: bool = False) -> Engine:
+    if read_only:  # mode=ro: this engine cannot write, and sets no journal mode
+        engine = sa.create_engine(url, creator=lambda: _ro_connect(path))
+    else:
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
 
     @sa.event.listens_for(engine, "connect")
     def _pragmas(dbapi_con: Any, _: Any) -> None:
         dbapi_con.isolation_level = None  # transactions are begun explicitly below
         cur = dbapi_con.cursor()
         cur.execute("PRAGMA busy_timeout = 30000")
-        cur.execute("PRAGMA journal_mode = WAL")
-        cur.execute("PRAGMA synchronous = NORMAL")
+        if not read_only:
+            cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute("PRAGMA synchronous = NORMAL")
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
 
