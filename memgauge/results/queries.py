@@ -452,18 +452,14 @@ def explore(
 
 
 def csv_safe(df: pd.DataFrame) -> pd.DataFrame:
-    """A copy whose text cells cannot run as spreadsheet formulas (RELIABILITY F20): a leading
-    = + - @ (or tab / carriage return) gets a leading apostrophe.  Numbers are left alone."""
+    """A copy whose text cells cannot run as spreadsheet formulas (RELIABILITY F20), by the rule
+    of `memgauge.results.csvsafe` (which also writes the CSV).  Numbers are left alone."""
+    from memgauge.results.csvsafe import neutralise
+
     out = df.copy()
     for c in out.columns:
         if out[c].dtype == object or pd.api.types.is_string_dtype(out[c]):
-            out[c] = out[c].map(
-                lambda v: (
-                    "'" + v
-                    if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r")
-                    else v
-                )
-            )
+            out[c] = out[c].map(neutralise)
     return out
 
 

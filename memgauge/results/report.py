@@ -6,7 +6,7 @@ renderers draw the shared figure builders (`memgauge.results.figures`) and write
 - html: one self-contained file, plotly.js embedded inline (works offline), every name escaped;
 - md: the same tables, charts as PNG files beside it (plotly + kaleido + the system Chromium);
 - csv / parquet / json: the flat result rows with provenance (CSV cells that a spreadsheet
-  would run as a formula are neutralised with `queries.csv_safe`).
+  would run as a formula are neutralised by `results.csvsafe`, the one CSV writer).
 
 Only report-specific tables live here: the flat rows with provenance, the best combination
 within given budgets (read off `queries.best_choices`), prediction error, and the verdicts of a
@@ -712,7 +712,7 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     """Flat rows; text that a spreadsheet would run as a formula is neutralised (F20)."""
     import pandas as pd
 
-    from memgauge.results.queries import csv_safe
+    from memgauge.results.csvsafe import frame_csv
 
     cols = _columns(rows)
     df = pd.DataFrame(rows, columns=cols)
@@ -720,7 +720,7 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     for c in cols:
         if _kind(c) == "int":
             df[c] = df[c].astype("Int64")
-    csv_safe(df).to_csv(path, index=False)
+    frame_csv(df, path)
 
 
 def write_parquet(rows: list[dict[str, Any]], path: Path) -> None:

@@ -8,6 +8,7 @@ import streamlit as st
 from memgauge.app import common as C
 from memgauge.results import figures as F
 from memgauge.results import queries as Q
+from memgauge.results.csvsafe import frame_csv
 
 st.title("Explore")
 C.store()
@@ -76,7 +77,7 @@ table = C.bytes_columns(
 st.dataframe(table, hide_index=True)
 st.download_button(
     "Download these rows as CSV",
-    Q.csv_safe(points).to_csv(index=False).encode(),
+    frame_csv(points).encode(),
     file_name="memgauge-results.csv",
     mime="text/csv",
     help=f"the {len(points):,} rows drawn above, bytes as integers; `memgauge report "
