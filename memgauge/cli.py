@@ -122,8 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from memgauge.suite import (
-        MAX_CELLS_WITHOUT_YES,
-        count_cells,
+        check_size,
         expand_suite,
         load_suite,
         order_cells,
@@ -132,12 +131,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from memgauge.sweep import Cancelled, format_summary, run_sweep
 
     name, data = load_suite(args.suite)
-    size = count_cells(data)  # before validating: a 10**6-cell suite must not be expanded
-    if size > MAX_CELLS_WITHOUT_YES and not args.yes:
-        return _die(
-            f"suite {name} expands to {size:,} cells (more than "
-            f"{MAX_CELLS_WITHOUT_YES}); pass --yes to run them all"
-        )
+    check_size(name, data, args.yes)  # before validating: a 10**6-cell suite is not expanded
     all_cells = expand_suite(data)
     cells = order_cells(shard_cells(all_cells, args.shard))
     if args.run_id and args.resume:

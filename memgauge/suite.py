@@ -146,6 +146,20 @@ def count_cells(data: dict[str, Any]) -> int:
     return total
 
 
+def check_size(name: str, data: dict[str, Any], yes: bool) -> int:
+    """The size guard sweep and nightly share: more than MAX_CELLS_WITHOUT_YES cells need
+    `--yes`.  Counted before validating, so a 10**6-cell suite is never expanded."""
+    size = count_cells(data)
+    if size > MAX_CELLS_WITHOUT_YES and not yes:
+        raise SuiteError(
+            [
+                f"suite {name} expands to {size:,} cells (more than "
+                f"{MAX_CELLS_WITHOUT_YES}); pass --yes to run them all"
+            ]
+        )
+    return size
+
+
 def expand_suite(data: dict[str, Any], *, overrides: dict[str, Any] | None = None) -> list[Cell]:
     """All cells of a suite, validated; raises SuiteError listing every problem."""
     problems: list[str] = []

@@ -267,3 +267,21 @@ def test_list_and_env():
     assert quick["cells"] >= 12
     env = json.loads(memgauge("env", "--json").stdout)
     assert env["cpu_cores"] >= 1 and env["packages"]["torch"]
+
+
+def test_nightly_shares_the_sweep_size_guard_and_yes(tmp_path):
+    """Issue 14 row 6: a 600-cell nightly suite needs --yes, as a sweep does."""
+    suite = tmp_path / "big.toml"
+    values = ", ".join(str(i) for i in range(1, 601))
+    suite.write_text(f'[[cells]]\nmodel = "llama-tiny"\nmode = "prefill"\nbatch = [{values}]\n')
+    store = tmp_path / "s.sqlite"
+    for cmd in ("sweep", "nightly"):
+        out = memgauge(cmd, "--suite", str(suite), store=store, timeout=60)
+        assert out.returncode == 2, (cmd, out.stderr)
+        assert "600 cells" in out.stderr and "--yes" in out.stderr and "Traceback" not in out.stderr
+    assert not store.exists()  # refused before the store was opened
+    # --yes lifts the guard (this suite then fails validation, before anything runs)
+    suite.write_text(suite.read_text().replace('"prefill"', '"serve"'))
+    out = memgauge("nightly", "--suite", str(suite), "--yes", store=store, timeout=60)
+    assert out.returncode == 2 and "mode 'serve' unknown" in out.stderr
+    assert "--yes" not in out.stderr and not store.exists()

@@ -44,17 +44,19 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--shard", metavar="i/n", help="run a deterministic 1/n of the cells")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--yes", action="store_true", help="allow very large suites (as sweep)")
     p.set_defaults(fn=cmd_nightly)
 
 
 def cmd_nightly(args: argparse.Namespace) -> int:
     from memgauge.results.nightly import evaluate, parse_gates
     from memgauge.results.store import Store
-    from memgauge.suite import expand_suite, load_suite, order_cells, shard_cells
+    from memgauge.suite import check_size, expand_suite, load_suite, order_cells, shard_cells
     from memgauge.sweep import Cancelled, run_sweep
 
     gates = parse_gates(args.gate)  # bad gates fail before anything runs
     name, data = load_suite(args.suite)
+    check_size(name, data, args.yes)  # sweep's guard: a 600-cell suite needs --yes
     cells = order_cells(shard_cells(expand_suite(data), args.shard))
     store = Store.open(args.store)
     sys.stderr.write(f"nightly {name}: {len(cells)} cells -> store {store.safe_url}\n")
