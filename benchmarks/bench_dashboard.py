@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from memgauge.result import MODES
+
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = ROOT / "memgauge" / "app" / "main.py"
 
@@ -43,7 +45,6 @@ MODELS = {  # name: (baseline train peak bytes at batch 1 seq 128, baseline toke
     "gpt2": (2 * 2**30, 500.0),
     "tinyllama-1.1b": (18 * 2**30, 80.0),
 }
-MODES = ("train", "prefill", "decode")
 TECHNIQUES = {  # label: (memory factor, speed factor, loss delta)
     "": (1.0, 1.0, 0.0),
     "checkpoint": (0.7, 0.75, 0.0),

@@ -1,7 +1,7 @@
 """A cell: one measured point, model x mode x techniques x batch x seq_len x dtype x device.
 
-Its key is a stable hash of those fields plus the workload code version, so results from a changed
-workload are never compared with old ones.  No torch here: the CLI validates cells before any
+Its key is a stable hash of those fields plus the version of the code the cell runs
+(`memgauge.codeversion`), so results from changed code are never compared with old ones.  No torch here: the CLI validates cells before any
 worker starts.
 """
 
@@ -11,12 +11,12 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
-MODES = ("train", "prefill", "decode")
-DTYPES = ("float32", "bfloat16", "float16")
+from memgauge.codeversion import cell_code_version
+from memgauge.result import DTYPES, MODES
+
+__all__ = ["DTYPES", "MODES", "Cell", "check_number"]
 
 
 @dataclass(kw_only=True)
@@ -61,9 +61,15 @@ class Cell:
 
     @property
     def key(self) -> str:
-        payload = dict(self.key_fields(), workload=workload_version())
+        payload = dict(self.key_fields(), workload=self.code_version)
         raw = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(raw).hexdigest()[:16]
+
+    @property
+    def code_version(self) -> str:
+        """Hash of the code this cell runs (the worker, its techniques' modules, what they
+        import), comments and docstrings stripped."""
+        return cell_code_version(self.techniques)
 
     @property
     def baseline_key(self) -> str:
@@ -80,19 +86,6 @@ class Cell:
     def label(self) -> str:
         tech = "+".join(self.techniques) or "baseline"
         return f"{self.model} {self.mode} [{tech}] b={self.batch} s={self.seq_len} {self.dtype} {self.device}"
-
-
-@lru_cache(maxsize=1)
-def workload_version() -> str:
-    """Hash of the code that defines what a cell measures (workloads, techniques, profilers,
-    kernels).  Editing any of it changes every cell key."""
-    root = Path(__file__).parent
-    h = hashlib.sha256()
-    for sub in ("workloads", "techniques", "profilers", "kernels"):
-        for p in sorted((root / sub).rglob("*.py")):
-            h.update(str(p.relative_to(root)).encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()[:12]
 
 
 def check_number(name: str, value: Any, *, minimum: float = 1, integer: bool = True) -> str | None:

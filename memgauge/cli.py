@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Any
 
+from memgauge.result import DTYPES, MODES
 from memgauge.spec import SpecError
 
 log = logging.getLogger("memgauge")
@@ -304,7 +305,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 def _add_cell_args(p: argparse.ArgumentParser, *, run: bool) -> None:
     p.add_argument("--model", required=True, help="zoo name, checkpoint folder or inline spec")
-    p.add_argument("--mode", required=True, choices=("train", "prefill", "decode"))
+    p.add_argument("--mode", required=True, choices=MODES)
     p.add_argument(
         "--technique",
         "-t",
@@ -316,7 +317,7 @@ def _add_cell_args(p: argparse.ArgumentParser, *, run: bool) -> None:
     p.add_argument(
         "--seq", type=int, default=128, help="sequence length (prompt length for decode)"
     )
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--decode-tokens", type=int, default=16, help="new tokens per decode step")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")

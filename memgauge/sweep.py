@@ -12,12 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memgauge.cell import Cell
+from memgauge.result import DONE, FAILED, empty_result
 from memgauge.results.provenance import collect_env
-from memgauge.results.schema import FAILED
 from memgauge.results.store import Store
 from memgauge.units import fmt_bytes
-
-DONE_STATUSES = ("ok", "unsupported", "skipped_predicted_oom", "skipped_after_oom")
 
 
 class Cancelled(Exception):
@@ -176,7 +174,7 @@ def run_sweep(
             cells_planned=len(cells),
         )
         statuses = {}
-    todo = [c for c in cells if statuses.get(c.key) not in DONE_STATUSES]
+    todo = [c for c in cells if statuses.get(c.key) not in DONE]
     outcome = SweepOutcome(run_id=run_id, status="running", skipped_done=len(cells) - len(todo))
     run_results: dict[str, dict[str, Any]] = {}
     ooms: list[Cell] = []
@@ -205,9 +203,7 @@ def run_sweep(
             bar.show(f"running {cell.label()}")
             blocker = _oom_blocks(cell, ooms)
             if blocker is not None:
-                from memgauge.workloads.worker import _empty_result
-
-                result = _empty_result(cell.to_dict())
+                result = empty_result(cell)
                 result["status"] = "skipped_after_oom"
                 result["error"] = f"a smaller size ran out of memory: {blocker.label()}"
                 result["env"] = env

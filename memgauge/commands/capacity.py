@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from memgauge.estimate.capacity import AXES, CapacityQuery, search
+from memgauge.result import DTYPES, MODES
 
 
 def cmd_capacity(args: argparse.Namespace) -> int:
@@ -76,13 +77,13 @@ def cmd_capacity(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("capacity", help="largest batch or sequence length within a budget")
     p.add_argument("--model", required=True, help="zoo name, checkpoint folder or inline spec")
-    p.add_argument("--mode", default="train", choices=("train", "prefill", "decode"))
+    p.add_argument("--mode", default="train", choices=MODES)
     p.add_argument("--technique", "-t", action="append", metavar="T")
     p.add_argument("--budget", required=True, help="memory budget: 24GiB, 80GB or a GPU name")
     p.add_argument("--axis", required=True, choices=AXES)
     p.add_argument("--batch", type=int, default=1, help="batch size (fixed when --axis seq)")
     p.add_argument("--seq", type=int, default=128, help="sequence length (fixed when --axis batch)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--decode-tokens", type=int, default=16)
     p.add_argument(

@@ -57,16 +57,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-CATEGORIES = (
-    "parameters",
-    "buffers",
-    "gradients",
-    "optimizer_state",
-    "activations",
-    "temporaries",
-    "kv_cache",
-    "other",
-)
+from memgauge.result import CATEGORIES
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 

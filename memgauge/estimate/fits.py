@@ -100,10 +100,10 @@ def preflight(cell: Any, device_memory: int | None) -> dict[str, Any] | None:
     peak = predicted_peak(pred)
     if peak <= mem:
         return None
+    from memgauge.result import empty_result
     from memgauge.units import fmt_bytes
-    from memgauge.workloads.worker import _empty_result
 
-    result = _empty_result(cell.to_dict())
+    result = empty_result(cell)
     result["status"] = "skipped_predicted_oom"
     result["error"] = (
         f"predicted peak {fmt_bytes(peak)} (analytic, at {pred['peak_phase']}) "

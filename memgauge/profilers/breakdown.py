@@ -29,17 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from memgauge.profilers.live import live_tensors, tensor_storages
-
-CATEGORIES = (
-    "parameters",
-    "buffers",
-    "gradients",
-    "optimizer_state",
-    "activations",
-    "temporaries",
-    "kv_cache",
-    "other",
-)
+from memgauge.result import CATEGORIES
 
 
 @dataclass

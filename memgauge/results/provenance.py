@@ -98,7 +98,7 @@ def collect_env(*, torch_loaded: bool = False, device: str = "cpu") -> dict[str,
     env["git_dirty"] = bool(status) if status is not None else None
     try:
         from memgauge import __version__
-        from memgauge.cell import workload_version
+        from memgauge.codeversion import workload_version
 
         env["memgauge"] = __version__
         env["workload_version"] = workload_version()

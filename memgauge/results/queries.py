@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+from memgauge.result import MODES
 from memgauge.results import schema as S
 from memgauge.results.store import Store
 
@@ -105,7 +106,7 @@ class Filters:
             if isinstance(v, (str, bytes)) or not isinstance(v, Sequence):
                 raise ValueError(f"Filters.{f.name} must be a tuple of values, got {v!r}")
             object.__setattr__(self, f.name, tuple(v))
-        bad = [m for m in self.modes if m not in ("train", "prefill", "decode")]
+        bad = [m for m in self.modes if m not in MODES]
         if bad:
             raise ValueError(f"Filters.modes: unknown mode(s) {bad}")
         bad = [s for s in self.statuses if s not in S.STATUSES]

@@ -8,30 +8,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 1
+from memgauge.result import CATEGORIES, FAILED, RUN_STATUSES, SCHEMA_VERSION, STATUSES
 
-STATUSES = (
-    "ok",
-    "oom",
-    "timeout",
-    "crashed",
-    "error",
-    "unsupported",
-    "skipped_predicted_oom",
-    "skipped_after_oom",
-)
-FAILED = ("oom", "timeout", "crashed", "error")
-RUN_STATUSES = ("running", "complete", "interrupted", "cancelled", "failed")
-CATEGORIES = (
-    "parameters",
-    "buffers",
-    "gradients",
-    "optimizer_state",
-    "activations",
-    "temporaries",
-    "kv_cache",
-    "other",
-)
+__all__ = ["CATEGORIES", "FAILED", "RUN_STATUSES", "SCHEMA_VERSION", "STATUSES"]
+
 
 metadata = sa.MetaData()
 

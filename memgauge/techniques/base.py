@@ -15,22 +15,23 @@ import os
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from memgauge.result import CATEGORIES, MODES
 from memgauge.spec import SpecError, build_dataclass, dataclass_options, format_spec, parse_spec
+
+__all__ = [
+    "CATEGORIES",
+    "Technique",
+    "Unsupported",
+    "canonical",
+    "describe",
+    "parse_technique",
+    "parse_techniques",
+    "register",
+    "registry",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from memgauge.workloads.context import BuildOptions, Workload
-
-CATEGORIES = (
-    "parameters",
-    "buffers",
-    "gradients",
-    "optimizer_state",
-    "activations",
-    "temporaries",
-    "kv_cache",
-    "other",
-)
-ALL_MODES = ("train", "prefill", "decode")
 
 
 class Unsupported(Exception):
@@ -45,7 +46,7 @@ class Technique:
     family: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     saves: ClassVar[tuple[str, ...]] = ()
-    modes: ClassVar[tuple[str, ...]] = ALL_MODES
+    modes: ClassVar[tuple[str, ...]] = MODES
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     requires: ClassVar[tuple[str, ...]] = ()  # importable module names
     conflicts: ClassVar[tuple[str, ...]] = ()  # technique names it cannot combine with

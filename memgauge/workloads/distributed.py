@@ -21,6 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from memgauge.cell import Cell
+from memgauge.result import empty_result
+
 # Where each rank leaves its result when it cannot reach the gather (a failure on one rank
 # leaves the others waiting in a collective): the parent reads these if rank 0 printed nothing.
 RANK_DIR_ENV = "MEMGAUGE_RANK_DIR"
@@ -217,16 +220,14 @@ def run_ranked(
     try:
         local_cell["device"] = init(cell)
     except Exception as exc:  # noqa: BLE001 - a failed rendezvous is the cell's error
-        from memgauge.workloads.worker import _empty_result
-
-        result = _empty_result(cell)
+        result = empty_result(Cell.from_dict(cell))
         result["error"] = f"rank {rank}: process group init failed: {type(exc).__name__}: {exc}"
         _leave(rank, result)
         os._exit(1)  # noqa: SLF001
     result = run_cell(local_cell)
-    from memgauge.workloads.worker import _empty_result
-
-    result["cell"] = _empty_result(cell)["cell"]  # the cell (and key) as asked, not the rank's
+    result["cell"] = empty_result(Cell.from_dict(cell))[
+        "cell"
+    ]  # the cell (and key) as asked, not the rank's
     result["world_size"] = world
     if result["status"] not in ("ok", "unsupported"):
         result["error"] = f"rank {rank}: {result.get('error')}"

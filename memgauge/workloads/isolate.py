@@ -14,7 +14,9 @@ import tempfile
 import time
 from typing import Any
 
+from memgauge.cell import Cell
 from memgauge.profilers.host import MALLOC_ENV
+from memgauge.result import empty_result
 from memgauge.workloads import distributed
 
 STDERR_TAIL = 4096
@@ -71,8 +73,6 @@ def run_isolated(
 ) -> dict[str, Any]:
     """Run one cell; always returns a result dict with a status, whatever the worker did."""
     global _current
-    from memgauge.workloads.worker import _empty_result
-
     timeout_s = timeout_s if timeout_s is not None else float(cell.get("timeout_s", 600))
     nproc = distributed.world_size(cell)
     env = worker_env(cell)
@@ -143,13 +143,13 @@ def run_isolated(
         except json.JSONDecodeError:
             continue
     if timed_out:
-        result = _empty_result(cell)
+        result = empty_result(Cell.from_dict(cell))
         result["status"] = "timeout"
         result["error"] = f"no result within {timeout_s:g} s; process group killed"
     elif result is None and rank_result is not None:
         result = rank_result  # a rank failed before the gather and left its result
     elif result is None:
-        result = _empty_result(cell)
+        result = empty_result(Cell.from_dict(cell))
         if rc < 0:
             name = (
                 signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)

@@ -29,8 +29,6 @@ from typing import Any
 
 log = logging.getLogger("memgauge.worker")
 
-SCHEMA_VERSION = 1
-
 
 class CellError(Exception):
     """A problem with the cell itself (bad input for this model): status `error`."""
@@ -59,59 +57,6 @@ def _dtype(name: str) -> Any:
     import torch
 
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def _empty_result(cell: dict[str, Any]) -> dict[str, Any]:
-    from memgauge.cell import Cell
-
-    c = Cell.from_dict(cell)
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "cell": {
-            "model": c.model,
-            "mode": c.mode,
-            "techniques": list(c.techniques),
-            "batch": c.batch,
-            "seq_len": c.seq_len,
-            "dtype": c.dtype,
-            "device": c.device,
-            "key": c.key,
-        },
-        # computed beside `key` from the same code version (keys hash the workload code)
-        "baseline_key": c.baseline_key,
-        "status": "error",
-        "error": None,
-        "params": {"total": None, "trainable": None},
-        "memory": {
-            "peak_allocated": None,
-            "peak_reserved": None,
-            "device_used_peak": None,
-            "host_peak": None,
-            "baseline_allocated": None,
-            "baseline_host": None,
-            "alloc_retries": None,
-            "num_ooms": None,
-            "breakdown": None,
-            "steady": None,
-        },
-        "timing": {
-            "step_ms_p20": None,
-            "step_ms_p50": None,
-            "step_ms_p80": None,
-            "tokens_per_s": None,
-            "steps": None,
-        },
-        "quality": {
-            "loss": None,
-            "loss_delta": None,
-            "kl_to_baseline": None,
-            "top1_agreement": None,
-            "perplexity": None,
-        },
-        "prediction": {"analytic_peak": None, "traced_peak": None, "analytic": None},
-        "notes": [],
-        "env": {},
-    }
 
 
 def _device(cell: Any) -> Any:
@@ -234,9 +179,11 @@ def _inference_quality(wl: Any, cell: Any, ref_logits: Any, tokens: Any) -> dict
 
 def run_cell(cell_dict: dict[str, Any]) -> dict[str, Any]:
     """Measure one cell in this process; always returns a result dict (status says how it went)."""
+    from memgauge.cell import Cell
+    from memgauge.result import empty_result
     from memgauge.techniques import Unsupported
 
-    result = _empty_result(cell_dict)
+    result = empty_result(Cell.from_dict(cell_dict))
     try:
         _run(cell_dict, result)
     except CellError as exc:
@@ -270,6 +217,7 @@ def _run(cell_dict: dict[str, Any], result: dict[str, Any]) -> None:
 
     cell = Cell.from_dict(cell_dict)
     result["env"] = collect_env(torch_loaded=True, device=cell.device)
+    result["env"]["workload_version"] = cell.code_version  # the code this cell runs
     techniques = parse_techniques(cell.techniques)
     for t in techniques:
         reason = t.unsupported_reason(mode=cell.mode, device=cell.device, dtype=cell.dtype)

@@ -26,9 +26,10 @@ def _fake_runner(true_limit: int, per_item: int):
     """A runner that 'measures' per_item bytes per batch element and OOMs far above the limit."""
 
     def run(cell: dict) -> dict:
-        from memgauge.workloads.worker import _empty_result
+        from memgauge.cell import Cell
+        from memgauge.result import empty_result
 
-        r = _empty_result(cell)
+        r = empty_result(Cell.from_dict(cell))
         if cell["batch"] > 2 * true_limit:
             r["status"], r["error"] = "oom", "out of memory"
         else:

@@ -12,9 +12,10 @@ def _cells() -> list[Cell]:
 
 
 def _ok_runner(cell: dict) -> dict:
-    from memgauge.workloads.worker import _empty_result
+    from memgauge.cell import Cell
+    from memgauge.result import empty_result
 
-    r = _empty_result(cell)
+    r = empty_result(Cell.from_dict(cell))
     r["status"] = "ok"
     return r
 

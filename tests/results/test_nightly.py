@@ -2,7 +2,7 @@
 end-to-end `memgauge nightly` on CPU.
 
 Synthetic nights are written straight into a temp store with Store.create_run/write_result,
-results shaped like the worker's (`_empty_result`); only their numbers are made up."""
+results shaped like the worker's (`memgauge.result.empty_result`); only their numbers are made up."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import pytest
 import sqlalchemy as sa
 
 from memgauge.cell import Cell
+from memgauge.result import empty_result
 from memgauge.results import schema as S
 from memgauge.results.nightly import Gate, evaluate, parse_gates
 from memgauge.units import GiB, MiB
-from memgauge.workloads.worker import _empty_result
 
 ENV = {
     "device_name": "cpu",
@@ -46,7 +46,7 @@ def make_result(
     env: dict | None = None,
 ) -> dict:
     """A result dict as the worker returns it, with the given measurements."""
-    r = _empty_result(c.to_dict())
+    r = empty_result(c)
     r["status"], r["env"] = status, env or ENV
     if status != "ok":
         r["error"] = f"synthetic {status}"

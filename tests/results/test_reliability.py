@@ -332,13 +332,14 @@ seq_len = [16, 32, 48, 64]
 
 def test_disk_full_stops_the_sweep_cleanly(small_disk, tmp_path, monkeypatch, capsys):
     from memgauge import cli
+    from memgauge.cell import Cell
+    from memgauge.result import empty_result
     from memgauge.workloads import isolate
-    from memgauge.workloads.worker import _empty_result
 
     stored: list[str] = []
 
     def fake_runner(cell: dict) -> dict:  # a measured-looking result with a 16 KiB payload
-        r = _empty_result(cell)
+        r = empty_result(Cell.from_dict(cell))
         r["status"], r["memory"]["peak_allocated"] = "ok", 1
         r["stderr_tail"] = os.urandom(8192).hex()
         stored.append(r["cell"]["key"])

@@ -13,9 +13,9 @@ from memgauge.results.store import DuplicateResult, Store, StoreError, driver_ur
 
 
 def _result(cell: Cell, status: str = "ok") -> dict:
-    from memgauge.workloads.worker import _empty_result
+    from memgauge.result import empty_result
 
-    r = _empty_result(cell.to_dict())
+    r = empty_result(cell)
     r["status"] = status
     r["memory"]["peak_allocated"] = 123
     r["memory"]["breakdown"] = {"parameters": 1, "activations": 2}

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from memgauge.result import MODES as ALL_MODES
 from memgauge.techniques import CATEGORIES, Technique, parse_technique, parse_techniques, registry
-from memgauge.techniques.base import ALL_MODES
 
 CATALOGUE = {
     "tie_embeddings",
