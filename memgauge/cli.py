@@ -405,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-COMMAND_MODULES = ("capacity", "nightly", "report", "dashboard", "pretrain")
+COMMAND_MODULES = ("capacity", "plan", "nightly", "report", "dashboard", "pretrain")
 
 
 def main(argv: list[str] | None = None) -> int:
