@@ -20,7 +20,7 @@
 5. Rank by the objective: measured evidence first (speed: highest ratio; quality: lowest cost),
    then unmeasured candidates by fewer techniques, then more headroom; memory: lowest peak.
 6. Confirm the top candidates with the traced estimate (`predict(trace=True)`, the numbers of
-   `memgauge estimate`), in rank order, while the trace time budget lasts; a candidate whose
+   `memgauge estimate`), in rank order, while they are expected to end within the time limit; a candidate whose
    traced peak does not fit is dropped (and said so).  Each candidate says whether its peak is
    traced or analytic only.
 7. Capacity of each candidate: the largest batch (at the planned sequence length) and sequence
@@ -65,6 +65,9 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 }
 """named variants enumerated beside each technique's defaults"""
 
+CAPACITY_RESERVE_S = 2.0
+"""seconds of the time limit kept for the capacity searches after the traces"""
+
 EVIDENCE_CELLS = 20
 """most cells quoted as evidence for one technique set (the nearest in shape)"""
 
@@ -85,9 +88,9 @@ class PlanQuery:
     objective: str = "speed"
     top: int = 10
     max_techniques: int = 4
-    trace_seconds: float = 35.0
-    """time for traced confirmations: no trace starts once the longest one so far would end
-    after it (0: analytic only)"""
+    time_limit: float = 52.0
+    """seconds for the whole plan: no traced confirmation starts that is expected to end after
+    it (0: analytic only)"""
     allow: tuple[str, ...] = ()
     """technique names to enumerate although NOT_PLANNED or saving nothing"""
     exclude: tuple[str, ...] = ()
@@ -105,8 +108,8 @@ class PlanQuery:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        if not (self.trace_seconds >= 0 and math.isfinite(self.trace_seconds)):
-            raise ValueError(f"trace_seconds must be >= 0, got {self.trace_seconds!r}")
+        if not (self.time_limit >= 0 and math.isfinite(self.time_limit)):
+            raise ValueError(f"time_limit must be >= 0 seconds, got {self.time_limit!r}")
         from memgauge.spec import SpecError
         from memgauge.techniques import registry
 
@@ -499,11 +502,56 @@ RANKING = {
 
 
 # -- the plan ------------------------------------------------------------------------------------
-def plan(q: PlanQuery, *, store: Any = None, clock: Any = time.perf_counter) -> Plan:
-    """Enumerate, estimate, rank, trace the top, size their capacity (module docstring)."""
+def _technique_devices(spec: str) -> tuple[str, ...]:
+    from memgauge.techniques import parse_technique
+
+    return tuple(type(parse_technique(spec)).devices)
+
+
+def _cuda_traced(cell: Any) -> bool:
+    """Whether a trace of this cell runs on CUDA (a cuda cell where CUDA is available)."""
+    if not str(cell.device).startswith("cuda"):
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _load_tracing(q: PlanQuery, top: list[Candidate]) -> None:
+    """Import what the traces will (torch, FakeTensorMode's dynamo, the model's transformers
+    module, the top candidates' optional packages) once, so a trace's time is its own."""
+    import importlib
+
+    import memgauge.estimate.traced  # noqa: F401
+    from memgauge.techniques import parse_technique
+    from memgauge.workloads.zoo import resolve_model
+
+    fam = resolve_model(q.model).family
+    mods = ["torch._dynamo", f"transformers.models.{fam}.modeling_{fam}"]
+    for c in top:
+        for t in c.techniques:
+            mods += [m for m in type(parse_technique(t)).requires if m not in mods]
+    for m in mods:
+        try:
+            importlib.import_module(m)
+        except ImportError:  # a missing package: its trace says so
+            pass
+
+
+def plan(
+    q: PlanQuery,
+    *,
+    store: Any = None,
+    clock: Any = time.perf_counter,
+    started: float | None = None,
+) -> Plan:
+    """Enumerate, estimate, rank, trace the top, size their capacity (module docstring).
+    `started`: the `clock()` reading the time limit counts from (default: now; the command
+    passes its process's start)."""
     from memgauge.estimate.fits import predict
 
     t0 = clock()
+    started = t0 if started is None else started
     base_cell = q.cell([])  # validates the workload once: bad input fails before the search
     choices, excluded = technique_choices(q)
     combos = enumerate_combinations(choices, q.max_techniques)
@@ -552,27 +600,40 @@ def plan(q: PlanQuery, *, store: Any = None, clock: Any = time.perf_counter) -> 
     pool.sort(key=_rank_key(q.objective))
     t3 = clock()
 
-    if q.trace_seconds > 0 and pool:
-        # torch, transformers and the technique libraries load once, outside the trace time
-        import memgauge.estimate.traced  # noqa: F401
+    tracing = q.time_limit > 0 and bool(pool)
+    if tracing:
+        _load_tracing(q, pool[: q.top])
     t3i = clock()
-    # traced confirmation of the top, in rank order, while the time lasts
-    deadline = t3i + q.trace_seconds
-    longest = 0.0
+    # traced confirmation of the top, in rank order, while the time lasts: a trace starts only
+    # when it is expected to end within the time limit (expected: the longest trace so far;
+    # before the first, twice as long as loading the tracing libraries took: both scale with
+    # how busy the machine is)
+    deadline = started + q.time_limit - CAPACITY_RESERVE_S
+    longest = 2 * (t3i - t3)
     chosen: list[Candidate] = []
     untraceable: dict[frozenset[str], str] = {}  # technique names whose trace failed -> why
+    traced_once = False
     for c in pool:
         if len(chosen) >= q.top:
             break
         now = clock()
         names = frozenset(t.split(":", 1)[0] for t in c.techniques)
+        cuda_only = sorted(
+            t.split(":", 1)[0] for t in c.techniques if "cpu" not in _technique_devices(t)
+        )
         if names in untraceable:  # the same techniques with other options: it fails again
             c.traced_reason = untraceable[names]
-        elif q.trace_seconds > 0 and now + longest <= deadline:
+        elif tracing and cuda_only and not _cuda_traced(base_cell):
+            c.traced_reason = (
+                f"not traced: {', '.join(cuda_only)} runs on CUDA only, and without CUDA here "
+                "the step would be traced on CPU"
+            )
+        elif tracing and now + longest <= deadline:
             cell = replace(base_cell, techniques=list(c.techniques))
             pred = predict(cell, trace=True)
             took = clock() - now
-            longest = max(longest, took)
+            longest = took if not traced_once else max(longest, took)
+            traced_once = True
             if pred["traced"] is not None:
                 tr = dict(pred["traced"])
                 c.traced_peak = int(tr.pop("peak"))
@@ -594,13 +655,13 @@ def plan(q: PlanQuery, *, store: Any = None, clock: Any = time.perf_counter) -> 
             else:
                 c.traced_reason = pred["traced_reason"]
                 untraceable[names] = c.traced_reason
-        elif q.trace_seconds <= 0:
+        elif not tracing:
             c.traced_reason = "not traced (analytic only was asked for)"
         else:
-            c.traced_reason = f"not traced: the trace time ({q.trace_seconds:g} s) was spent"
+            c.traced_reason = f"not traced: the time limit ({q.time_limit:g} s) was near"
             out.trace_stop = (
-                f"traces stop when the longest so far ({longest:.1f} s) would end after "
-                f"{q.trace_seconds:g} s of tracing"
+                f"no trace starts that would end after {q.time_limit:g} s of planning "
+                f"(expected {longest:.1f} s each)"
             )
         chosen.append(c)
     out.candidates = chosen
@@ -637,6 +698,7 @@ def plan(q: PlanQuery, *, store: Any = None, clock: Any = time.perf_counter) -> 
         "trace": round(t4 - t3i, 3),
         "capacity": round(t5 - t4, 3),
         "total": round(t5 - t0, 3),
+        "since_start": round(t5 - started, 3),
     }
     if not out.candidates:
         out.notes.append(

@@ -36,7 +36,7 @@ def _plan_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
 
 
 def test_enumeration_respects_the_registry(tmp_path: Path) -> None:
-    q = PlanQuery(model=SMALL, mode="train", budget=5 * MiB, device="cpu", trace_seconds=0)
+    q = PlanQuery(model=SMALL, mode="train", budget=5 * MiB, device="cpu", time_limit=0)
     choices, excluded = technique_choices(q)
     combos = enumerate_combinations(choices, q.max_techniques)
     assert combos[0] == []
@@ -85,7 +85,7 @@ def test_every_candidate_agrees_with_estimate(capsys) -> None:
     p = _plan_json(
         capsys,
         *("plan", *SMALL_ARGS, "--budget", SMALL_BUDGET, "--device", "cpu", "--top", "4"),
-        *("--trace-seconds", "60", "--json"),
+        *("--time-limit", "120", "--json"),
     )
     cands = p["candidates"]
     assert len(cands) == 4
@@ -172,7 +172,7 @@ def test_evidence_comes_only_from_measured_cells(store) -> None:
     q = PlanQuery(
         model="llama-tiny", mode="train", budget=5 * MiB // 2, batch=4, seq_len=64, device="cpu"
     )
-    q.trace_seconds, q.top = 0, 100
+    q.time_limit, q.top = 0, 100
     p = plan(q, store=store)
     assert ["checkpoint", "lora"] in [c.techniques for c in p.candidates]
     assert p.candidates[0].techniques == ["checkpoint", "lora"]  # measured ranks first
@@ -185,10 +185,10 @@ def test_evidence_comes_only_from_measured_cells(store) -> None:
 
 def test_objectives_rank_differently() -> None:
     kw = dict(model=SMALL, mode="train", budget=5 * MiB, batch=2, seq_len=48, device="cpu")
-    mem = plan(PlanQuery(**kw, objective="memory", trace_seconds=0, top=5))
+    mem = plan(PlanQuery(**kw, objective="memory", time_limit=0, top=5))
     peaks = [c.peak for c in mem.candidates]
     assert peaks == sorted(peaks)
-    speed = plan(PlanQuery(**kw, objective="speed", trace_seconds=0, top=50))
+    speed = plan(PlanQuery(**kw, objective="speed", time_limit=0, top=50))
     # speed: minimal sets only, dropping any technique would not fit
     by_set = {frozenset(c.techniques) for c in speed.candidates}
     assert speed.considered <= speed.fitting and len(by_set) == len(speed.candidates)
@@ -230,7 +230,7 @@ def test_emit_suite_measures_the_candidates_on_a_proxy(tmp_path: Path, capsys) -
     spec = resolve_model(name)
     assert spec.layers == 2 and spec.hidden < 4096 and spec.hidden // spec.heads == 128
     assert any("halved" in n for n in notes)
-    assert "plan-train" in suite_toml(plan(PlanQuery(**{**q.__dict__, "trace_seconds": 0})))
+    assert "plan-train" in suite_toml(plan(PlanQuery(**{**q.__dict__, "time_limit": 0})))
 
 
 @pytest.mark.parametrize(
