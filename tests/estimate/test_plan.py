@@ -134,9 +134,10 @@ def test_top_candidate_really_fits_on_cpu(capsys) -> None:
 
 
 def _result(cell: dict, tokens_per_s: float, loss_delta: float | None) -> dict:
-    from memgauge.workloads.worker import _empty_result
+    from memgauge.cell import Cell
+    from memgauge.result import empty_result
 
-    r = _empty_result(cell)
+    r = empty_result(Cell.from_dict(cell))
     r["status"] = "ok"
     r["memory"]["peak_allocated"] = 1000
     r["timing"]["tokens_per_s"] = tokens_per_s
