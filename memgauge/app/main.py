@@ -21,7 +21,10 @@ PAGES = {
         st.Page("views/scaling.py", title="Scaling", url_path="scaling"),
         st.Page("views/combinations.py", title="Combinations", url_path="combinations"),
     ],
-    "Plan": [st.Page("views/estimate.py", title="Estimate", url_path="estimate")],
+    "Plan": [
+        st.Page("views/estimate.py", title="Estimate", url_path="estimate"),
+        st.Page("views/plan.py", title="Plan", url_path="plan"),
+    ],
     "History": [
         st.Page("views/compare.py", title="Compare", url_path="compare"),
         st.Page("views/trends.py", title="Trends", url_path="trends"),
