@@ -66,21 +66,17 @@ def _bytes_or_none(v: str | None) -> int | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from memgauge.sweep import fill_loss_delta
+    from memgauge.suite import check_runnable
     from memgauge.units import fmt_bytes
     from memgauge.workloads.isolate import run_isolated
 
     cell = _cell_from_args(args)
-    store = None if args.no_store else _store(args)
+    check_runnable([cell])
+    store = None if args.no_store else _store(args)  # a store that cannot be written: said now
     result = run_isolated(cell.to_dict())
-    fill_loss_delta(result, cell, store, {})
+    not_stored = None
     if store is not None:
-        from memgauge.sweep import run_sweep
-
-        # stored as a one-cell run (the result is reused, not re-measured)
-        run_sweep(
-            [cell], store=store, suite="run", kind="run", runner=lambda _c: result, progress=False
-        )
+        not_stored = _store_run_result(store, cell, result)
     out = {
         k: result.get(k)
         for k in (
@@ -118,11 +114,48 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
             p = out["prediction"] or {}
             print(f"  analytic peak   {fmt_bytes(p.get('analytic_peak'))}")
+    if not_stored:  # the measurement is printed above and kept in the recovery file
+        return _die(not_stored)
     return 0 if result["status"] in ("ok", "unsupported") else 1
+
+
+def _store_run_result(store: Any, cell: Any, result: dict[str, Any]) -> str | None:
+    """Store `run`'s result as a one-cell run; when the store refuses it, save it to a recovery
+    file instead.  Returns None when stored, else the sentence to tell the user."""
+    import sqlalchemy as sa
+
+    from memgauge.results.store import StoreError
+    from memgauge.sweep import fill_loss_delta, run_sweep, save_recovery
+
+    try:
+        fill_loss_delta(result, cell, store, {})
+        # the result is reused, not re-measured
+        run_sweep(
+            [cell], store=store, suite="run", kind="run", runner=lambda _c: result, progress=False
+        )
+        return None
+    except (StoreError, sa.exc.SQLAlchemyError, OSError) as exc:
+        if getattr(exc, "recovery", None) is not None or "recovery file" in str(exc):
+            return str(exc)
+        from memgauge.results.store import _scrub
+
+        detail = _scrub(f"{type(exc).__name__}: {str(exc).splitlines()[0]}", store.url)
+        result.setdefault("cell_extra", _cell_extra(cell))
+        _, saved = save_recovery(store, result, {"suite": "run", "kind": "run", "cells_planned": 1})
+        return f"could not store the result into {store.safe_url}: {detail}; {saved}"
+
+
+def _cell_extra(cell: Any) -> dict[str, Any]:
+    return {
+        k: v
+        for k, v in cell.to_dict().items()
+        if k in ("steps", "decode_tokens", "quality_steps", "seed")
+    }
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from memgauge.suite import (
+        check_runnable,
         check_size,
         expand_suite,
         load_suite,
@@ -135,6 +168,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     check_size(name, data, args.yes)  # before validating: a 10**6-cell suite is not expanded
     all_cells = expand_suite(data)
     cells = order_cells(shard_cells(all_cells, args.shard))
+    check_runnable(cells)
     if args.run_id and args.resume:
         return _die("--run-id and --resume both name the run; give one")
     store = _store(args)
@@ -405,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-COMMAND_MODULES = ("capacity", "plan", "nightly", "report", "dashboard", "pretrain")
+COMMAND_MODULES = ("capacity", "plan", "nightly", "report", "dashboard", "pretrain", "importing")
 
 
 def main(argv: list[str] | None = None) -> int:

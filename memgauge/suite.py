@@ -221,6 +221,29 @@ def expand_suite(data: dict[str, Any], *, overrides: dict[str, Any] | None = Non
     return cells
 
 
+def check_runnable(cells: list[Cell]) -> None:
+    """What only this machine can say, checked before any worker starts (issue 14 row 7): a cell
+    on `cuda[:N]` needs that CUDA device here.  Every problem is reported together."""
+    wanted = sorted({str(c.device) for c in cells if str(c.device).startswith("cuda")})
+    if not wanted:
+        return
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    problems = []
+    for dev in wanted:
+        index = int(dev[5:]) if dev.startswith("cuda:") else 0
+        if index >= n:
+            have = f"this machine has {n} CUDA device(s)" if n else "CUDA is not available here"
+            users = sum(1 for c in cells if str(c.device) == dev)
+            problems.append(
+                f"device {dev} ({users} cell(s)): {have}; use --device cpu (or device = "
+                f'"auto" in a suite)'
+            )
+    if problems:
+        raise SuiteError(problems)
+
+
 def shard_cells(cells: list[Cell], shard: str | None) -> list[Cell]:
     """`i/n`: a deterministic 1/n of the cells (by cell key), so n machines split one sweep."""
     if not shard:

@@ -14,7 +14,7 @@ from typing import Any
 from memgauge.cell import Cell
 from memgauge.result import DONE, FAILED, empty_result
 from memgauge.results.provenance import collect_env
-from memgauge.results.store import Store
+from memgauge.results.store import Store, StoreError
 from memgauge.units import fmt_bytes
 
 
@@ -144,7 +144,7 @@ def run_sweep(
     it are skipped, a cell another shard stored first is not stored twice, and the run becomes
     `complete` when it holds `cells_planned` results (the whole suite's count).  A store error
     (disk full) stops the sweep with a StoreError naming the cell; earlier rows stay intact."""
-    from memgauge.results.store import DuplicateResult, StoreError
+    from memgauge.results.store import DuplicateResult
     from memgauge.workloads.isolate import kill_current, run_isolated
 
     runner = runner or run_isolated
@@ -227,7 +227,15 @@ def run_sweep(
                 bar.step(f"{'done':<8} {cell.label()} (by another shard)")
                 continue
             except (StoreError, sa_errors(), OSError) as exc:
-                _stop_on_store_error(store, run_id, cell, exc)
+                run_meta = {
+                    "id": run_id,
+                    "suite": suite,
+                    "kind": kind,
+                    "cells_planned": cells_planned or len(cells),
+                    "env": env,
+                    "config": {**(config or {}), "cells": [c.to_dict() for c in cells]},
+                }
+                _stop_on_store_error(store, run_id, cell, exc, result, run_meta)
             run_results[cell.key] = result
             outcome.results.append(result)
             if result["status"] == "oom":
@@ -268,20 +276,57 @@ def sa_errors() -> type[Exception]:
     return sa.exc.SQLAlchemyError
 
 
-def _stop_on_store_error(store: Store, run_id: str, cell: Cell, exc: BaseException) -> None:
-    """The store refused a write (disk full, server gone): stop the sweep, name the cell and the
-    error; the failed cell's transaction was rolled back, earlier cells stay stored."""
-    from memgauge.results.store import StoreError, _scrub
+class StoreWriteFailed(StoreError):
+    """The store refused a measured result; `recovery` is the file holding it (or None)."""
+
+    def __init__(self, msg: str, recovery: Any = None):
+        super().__init__(msg)
+        self.recovery = recovery
+
+
+def save_recovery(
+    store: Store, result: dict[str, Any], run_meta: dict[str, Any]
+) -> tuple[Any, str]:
+    """Write `result` to a recovery file; (path or None, a sentence saying how to import it)."""
+    from memgauge.results import recovery
+
+    try:
+        path = recovery.save([result], store_url=store.url, safe_url=store.safe_url, run=run_meta)
+    except OSError as exc:  # every folder refused it: the JSON on stdout (run) is all there is
+        return None, f"the result could not be saved to a recovery file either ({exc})"
+    return path, (
+        f"its result is saved in {path}; store it once the store is fixed with "
+        f"`memgauge --store {store.safe_url} import {path}`"
+    )
+
+
+def _stop_on_store_error(
+    store: Store,
+    run_id: str,
+    cell: Cell,
+    exc: BaseException,
+    result: dict[str, Any] | None = None,
+    run_meta: dict[str, Any] | None = None,
+) -> None:
+    """The store refused a write (disk full, server gone): save the measured result to a
+    recovery file, stop the sweep, name the cell and the error; the failed cell's transaction
+    was rolled back, earlier cells stay stored."""
+    from memgauge.results.store import _scrub
 
     msg = _scrub(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", store.url)
+    path, saved = (None, "")
+    if result is not None:
+        path, saved = save_recovery(store, result, run_meta or {"id": run_id})
+        saved = f"; {saved}"
     try:
         store.finish_run(run_id, "failed")
     except Exception:  # noqa: BLE001 - the store may refuse this write too
         pass
-    raise StoreError(
-        f"could not store cell {cell.label()} into {store.safe_url}: {msg}; the "
+    raise StoreWriteFailed(
+        f"could not store cell {cell.label()} into {store.safe_url}: {msg}{saved}; the "
         f"sweep stopped, cells stored before it are intact (resume with "
-        f"--resume {run_id} once the store is fixed)"
+        f"--resume {run_id} once the store is fixed)",
+        path,
     ) from None
 
 

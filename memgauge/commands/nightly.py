@@ -51,13 +51,21 @@ def register(sub: Any) -> None:
 def cmd_nightly(args: argparse.Namespace) -> int:
     from memgauge.results.nightly import evaluate, parse_gates
     from memgauge.results.store import Store
-    from memgauge.suite import check_size, expand_suite, load_suite, order_cells, shard_cells
+    from memgauge.suite import (
+        check_runnable,
+        check_size,
+        expand_suite,
+        load_suite,
+        order_cells,
+        shard_cells,
+    )
     from memgauge.sweep import Cancelled, run_sweep
 
     gates = parse_gates(args.gate)  # bad gates fail before anything runs
     name, data = load_suite(args.suite)
     check_size(name, data, args.yes)  # sweep's guard: a 600-cell suite needs --yes
     cells = order_cells(shard_cells(expand_suite(data), args.shard))
+    check_runnable(cells)
     store = Store.open(args.store)
     sys.stderr.write(f"nightly {name}: {len(cells)} cells -> store {store.safe_url}\n")
     try:
