@@ -12,9 +12,10 @@ from memgauge.results.store import Store
 
 
 def _fake_runner(cell: dict) -> dict:
-    from memgauge.workloads.worker import _empty_result
+    from memgauge.cell import Cell
+    from memgauge.result import empty_result
 
-    r = _empty_result(cell)
+    r = empty_result(Cell.from_dict(cell))
     r["status"], r["memory"]["peak_allocated"] = "ok", 123456
     return r
 

@@ -361,12 +361,15 @@ def test_disk_full_stops_the_sweep_cleanly(small_disk, tmp_path, monkeypatch, ca
             return real_write(self, run_id, result, **kw)
 
         monkeypatch.setattr(store_mod.Store, "write_result", failing)
+    monkeypatch.chdir(tmp_path)  # a full disk's recovery file falls back to the working dir
     rc = cli.main(["--store", str(path), "sweep", "--suite", str(suite), "--quiet", "--yes"])
     err = capsys.readouterr().err
     assert rc != 0
     assert "could not store cell llama-tiny prefill" in err
     assert ("disk is full" in err) or ("No space left" in err), err[-1500:]
     assert "Traceback" not in err
+    (rec,) = (*folder.glob("memgauge-recovery-*.json"), *tmp_path.glob("memgauge-recovery-*.json"))
+    assert f"import {rec}" in err  # the cell it was writing is kept (issue 14 row 2)
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
