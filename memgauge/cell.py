@@ -16,7 +16,9 @@ from typing import Any
 from memgauge.codeversion import cell_code_version
 from memgauge.result import DTYPES, MODES
 
-__all__ = ["DTYPES", "MODES", "Cell", "check_number"]
+__all__ = ["DTYPES", "MODES", "WEIGHTS", "Cell", "check_number"]
+
+WEIGHTS = ("random", "trained")
 
 
 @dataclass(kw_only=True)
@@ -31,7 +33,9 @@ class Cell:
     dtype: str = "float32"
     device: str = "cpu"
     steps: int = 5
-    """timed steps after warm-up"""
+    """timed steps per timing round, after warm-up"""
+    rounds: int = 3
+    """timing rounds; the spread of their medians is the cell's speed uncertainty"""
     warmup: int = 2
     decode_tokens: int = 16
     """new tokens per decode step"""
@@ -43,6 +47,10 @@ class Cell:
     """address-space limit in bytes for the worker (CPU OOM runs); None = no limit"""
     breakdown: bool = True
     """run the (slow) breakdown pass"""
+    weights: str = "random"
+    """`random` (seeded random init) or `trained`: the zoo model trained on the text corpus by
+    `memgauge pretrain` (cached; the sweep trains what is missing first), so quality means
+    something; see `quality.basis`"""
 
     def key_fields(self) -> dict[str, Any]:
         return {
@@ -57,6 +65,8 @@ class Cell:
             "decode_tokens": self.decode_tokens,
             "quality_steps": self.quality_steps,
             "seed": self.seed,
+            "rounds": self.rounds,
+            "weights": self.weights,
         }
 
     @property

@@ -187,11 +187,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             cells_planned=len(all_cells),
             device_memory=device_memory,
             skip_predicted_oom=not args.no_skip,
+            aa=bool(data.get("aa_pair", False)) and not args.resume,
         )
     except Cancelled as exc:
         sys.stderr.write(f"sweep cancelled by {exc}; completed cells are stored\n")
         return 130 if exc.signum == 2 else 143
-    print(format_summary(outcome.results))
+    print(format_summary(outcome.results, color=sys.stdout.isatty()))
     print(
         f"run {outcome.run_id}: {len(outcome.results)} cells run"
         + (f", {outcome.skipped_done} already done" if outcome.skipped_done else "")

@@ -19,7 +19,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from memgauge.cell import DTYPES, MODES, Cell, check_number
+from memgauge.cell import DTYPES, MODES, WEIGHTS, Cell, check_number
 from memgauge.spec import SpecError
 
 try:
@@ -86,6 +86,8 @@ def validate_cell(cell: Cell, problems: list[str], where: str) -> Cell | None:
         problems.append(f"{where}: {exc}")
     if cell.mode not in MODES:
         problems.append(f"{where}: mode {cell.mode!r} unknown; use {', '.join(MODES)}")
+    if cell.weights not in WEIGHTS:
+        problems.append(f"{where}: weights {cell.weights!r} unknown; use {', '.join(WEIGHTS)}")
     if cell.dtype not in DTYPES:
         problems.append(f"{where}: dtype {cell.dtype!r} unknown; use {', '.join(DTYPES)}")
     dev = str(cell.device)
@@ -95,6 +97,7 @@ def validate_cell(cell: Cell, problems: list[str], where: str) -> Cell | None:
         ("batch", 1),
         ("seq_len", 1),
         ("steps", 1),
+        ("rounds", 1),
         ("warmup", 0),
         ("decode_tokens", 1),
         ("quality_steps", 0),

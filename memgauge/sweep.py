@@ -13,9 +13,15 @@ from typing import Any
 
 from memgauge.cell import Cell
 from memgauge.result import DONE, FAILED, empty_result
+from memgauge.results.gates import DEFAULT_K, fmt_ratio_short, speed_ratio
 from memgauge.results.provenance import collect_env
 from memgauge.results.store import Store, StoreError
 from memgauge.units import fmt_bytes
+
+
+class _Null:
+    def write(self, _s: str) -> None:
+        pass
 
 
 class Cancelled(Exception):
@@ -103,6 +109,71 @@ def fill_loss_delta(
         q["loss_delta"] = q["loss"] - base_loss
 
 
+def ensure_trained_weights(cells: list[Cell], stream: Any = None) -> list[dict[str, Any]]:
+    """Train (once, cached) the architectures that `weights = "trained"` cells load, in a child
+    process (torch), before the first cell runs; its progress goes to stderr.  A failure is
+    reported and the cells then say `quality.basis = "random-init"` and why."""
+    import json
+    import subprocess
+    import tempfile
+
+    from memgauge.workloads.isolate import worker_env
+
+    stream = stream or sys.stderr
+    need = [c.to_dict() for c in cells if c.weights == "trained"]
+    if not need:
+        return []
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "memgauge.workloads.pretrained"],
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=worker_env(need[0]),
+        )
+        proc.stdin.write(json.dumps(need))
+        proc.stdin.close()
+        tail: list[str] = []
+        for line in proc.stderr:  # live progress: training takes a minute or two per model
+            tail = (tail + [line])[-30:]
+            if line.startswith(("training", "step", "held-out")):
+                stream.write(f"pretrain: {line}")
+        rc = proc.wait()
+        out.seek(0)
+        text = out.read()
+    if rc != 0:
+        stream.write(
+            "warning: training the suite's models failed; their quality is measured on "
+            f"random-init weights:\n{''.join(tail)}\n"
+        )
+        return []
+    made = json.loads(text.strip().splitlines()[-1])
+    for m in made:
+        how = "cached" if m["cached"] else f"trained in {m['train_s']:.0f} s"
+        stream.write(f"trained weights: {m['name']} ({how})\n")
+    return made
+
+
+def aa_pair(cell: Cell, runner: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """The sweep's A/A pair: `cell` measured twice in two fresh workers (no breakdown pass) at
+    the start of the sweep.  Two processes of one cell differ by what separates any two cells
+    of the sweep (machine load, memory layout, scheduling), which repeated rounds inside one
+    worker cannot see; `noise` = |ln(a / b)| / sqrt(2), the relative spread of one cell's
+    tokens/s, is every result's `timing.noise_floor`."""
+    import math
+
+    c = {**cell.to_dict(), "breakdown": False}
+    runs = [runner(c), runner(c)]
+    tps = [(r.get("timing") or {}).get("tokens_per_s") for r in runs]
+    out: dict[str, Any] = {"cell": cell.label(), "tokens_per_s": tps, "noise": None}
+    if all(r.get("status") == "ok" for r in runs) and all(tps):
+        out["noise"] = abs(math.log(tps[0] / tps[1])) / math.sqrt(2)
+    else:
+        out["error"] = "; ".join(str(r.get("error"))[:200] for r in runs if r.get("error"))
+    return out
+
+
 def _warn_if_code_changed(store: Store, run_id: str, env: dict[str, Any]) -> None:
     """Cell keys hash the workload code: after a code change every cell of a resumed run is new
     and runs again; say so rather than silently re-measuring."""
@@ -136,6 +207,7 @@ def run_sweep(
     cells_planned: int | None = None,
     device_memory: int | None = None,
     skip_predicted_oom: bool = True,
+    aa: bool = False,
 ) -> SweepOutcome:
     """Run the cells into `store`; SIGINT/SIGTERM end the running cell's process group, mark the
     run `cancelled` and raise Cancelled (exit 130/143 in the CLI); a second signal exits at once.
@@ -143,10 +215,14 @@ def run_sweep(
     `run_id` names a run shared by sweep shards (created if absent, race-safe): cells already in
     it are skipped, a cell another shard stored first is not stored twice, and the run becomes
     `complete` when it holds `cells_planned` results (the whole suite's count).  A store error
-    (disk full) stops the sweep with a StoreError naming the cell; earlier rows stay intact."""
+    (disk full) stops the sweep with a StoreError naming the cell; earlier rows stay intact.
+
+    With the real runner, trained weights are ensured first (`ensure_trained_weights`); `aa`
+    runs the A/A pair (`aa_pair`) on the first cell before the sweep."""
     from memgauge.results.store import DuplicateResult
     from memgauge.workloads.isolate import kill_current, run_isolated
 
+    real = runner is None
     runner = runner or run_isolated
     env = collect_env()
     shared = bool(run_id) and not resume
@@ -178,6 +254,18 @@ def run_sweep(
     outcome = SweepOutcome(run_id=run_id, status="running", skipped_done=len(cells) - len(todo))
     run_results: dict[str, dict[str, Any]] = {}
     ooms: list[Cell] = []
+    if real:
+        ensure_trained_weights(todo, sys.stderr if progress else _Null())
+    noise = None
+    if aa and todo:
+        pair = aa_pair(todo[0], runner)
+        noise = pair["noise"]
+        if progress:
+            t = ", ".join(f"{x:.0f}" if x else "—" for x in pair["tokens_per_s"])
+            sys.stderr.write(
+                f"A/A pair {pair['cell']}: tokens/s {t}"
+                + (f"; noise {noise * 100:.1f}%\n" if noise is not None else "\n")
+            )
     bar = Progress(len(todo), enabled=progress)
 
     signals_seen: list[int] = []
@@ -215,10 +303,12 @@ def run_sweep(
             if signals_seen:  # the cell was killed by us, not by its own fault: not stored
                 break
             fill_loss_delta(result, cell, store, run_results)
+            if noise is not None and (result.get("timing") or {}).get("tokens_per_s"):
+                result["timing"]["noise_floor"] = noise
             result["cell_extra"] = {
                 k: v
                 for k, v in cell.to_dict().items()
-                if k in ("steps", "decode_tokens", "quality_steps", "seed")
+                if k in ("steps", "rounds", "decode_tokens", "quality_steps", "seed", "weights")
             }
             try:
                 store.write_result(run_id, result, replace=bool(resume) or cell.key in statuses)
@@ -356,7 +446,8 @@ def summary_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         peak = (r.get("memory") or {}).get("peak_allocated")
         bpeak = (base.get("memory") or {}).get("peak_allocated") if base else None
         tps = (r.get("timing") or {}).get("tokens_per_s")
-        btps = (base.get("timing") or {}).get("tokens_per_s") if base else None
+        speed, interval = speed_ratio(r.get("timing"), base.get("timing") if base else None)
+        q = r.get("quality") or {}
         rows.append(
             {
                 "mode": c["mode"],
@@ -365,9 +456,12 @@ def summary_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "peak": peak,
                 "saving": (1 - peak / bpeak) if peak and bpeak else None,
                 "tokens_per_s": tps,
-                "speed": (tps / btps) if tps and btps else None,
-                "loss_delta": (r.get("quality") or {}).get("loss_delta"),
-                "kl": (r.get("quality") or {}).get("kl_to_baseline"),
+                "speed": speed,
+                "speed_interval": interval,
+                "loss_delta": q.get("loss_delta"),
+                "kl": q.get("kl_to_baseline"),
+                "basis": q.get("basis"),
+                "basis_reason": q.get("basis_reason"),
                 "model": c["model"],
                 "batch": c["batch"],
                 "seq_len": c["seq_len"],
@@ -376,29 +470,55 @@ def summary_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def format_summary(results: list[dict[str, Any]]) -> str:
+def format_summary(results: list[dict[str, Any]], *, color: bool = False) -> str:
+    """The table; `color` dims quality measured on random-init weights (ANSI), else it is shown
+    in parentheses.  Speed is the ratio with its interval half-width (`≈1` = no measurable
+    difference: the interval includes 1.0)."""
     rows = summary_rows(results)
     head = (
         f"{'mode':<8} {'techniques':<28} {'status':<12} {'peak':>11} {'saving':>8} "
-        f"{'tokens/s':>10} {'speed':>7} {'Δloss':>8} {'KL':>8}"
+        f"{'tokens/s':>10} {'speed':>11} {'Δloss':>10} {'KL':>10}"
     )
     lines = [head, "-" * len(head)]
 
     def pct(x: float | None) -> str:
         return f"{x * 100:+.1f}%" if x is not None else "—"
 
+    reasons: dict[str, None] = {}
+
     for r in rows:
         tps = f"{r['tokens_per_s']:.0f}" if r["tokens_per_s"] else "—"
-        speed = f"{r['speed']:.2f}x" if r["speed"] else "—"
+        speed = fmt_ratio_short(r["speed"], r["speed_interval"])
         dloss = f"{r['loss_delta']:+.3f}" if r["loss_delta"] is not None else "—"
         kl = f"{r['kl']:.2e}" if r["kl"] is not None else "—"
+        random_init = r["basis"] == "random-init"
+        if random_init:
+            if r["basis_reason"]:
+                reasons.setdefault(r["basis_reason"], None)
+            dloss, kl = (
+                (f"\033[2m{dloss}\033[0m", f"\033[2m{kl}\033[0m")
+                if color
+                else (f"({dloss})", f"({kl})")
+            )
+        pad = 8 if color and random_init else 0  # the escape codes take no columns
         lines.append(
             f"{r['mode']:<8} {r['techniques'][:28]:<28} {r['status']:<12} "
-            f"{fmt_bytes(r['peak']):>11} {pct(r['saving']):>8} {tps:>10} {speed:>7} "
-            f"{dloss:>8} {kl:>8}"
+            f"{fmt_bytes(r['peak']):>11} {pct(r['saving']):>8} {tps:>10} {speed:>11} "
+            f"{dloss:>{10 + pad}} {kl:>{10 + pad}}"
         )
     lines.append(
         "peak = tensor peak (CPU: torch.profiler memory events; CUDA: max_memory_allocated); "
         "saving and speed vs the baseline of the same mode and shape; MiB/GiB = 1024-based"
     )
+    lines.append(
+        f"speed = tokens/s ratio ± half its interval ({DEFAULT_K:g} x the combined spread of "
+        "timing rounds and the A/A pair); ≈1 = no measurable difference (the interval "
+        "includes 1.0); x? = spread unknown"
+    )
+    if reasons:
+        lines.append(
+            ("dimmed" if color else "(parenthesised)")
+            + " quality was measured on random-init weights, so it says little: "
+            + "; ".join(reasons)
+        )
     return "\n".join(lines)

@@ -76,6 +76,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
             kind="nightly",
             config={"suite": name, "shard": args.shard, "gates": [g.text for g in gates]},
             progress=not args.quiet,
+            aa=bool(data.get("aa_pair", False)),
         )
     except Cancelled as exc:
         sys.stderr.write(f"nightly cancelled by {exc}; completed cells are stored\n")

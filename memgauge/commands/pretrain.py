@@ -16,12 +16,18 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "pretrain", help="train and cache a small model on the text corpus", description=__doc__
     )
+    from dataclasses import fields
+
+    from memgauge.workloads.pretrained import PretrainConfig
+
+    # the defaults are the recipe of the suites' trained weights (weights = "trained")
+    d = {f.name: f.default for f in fields(PretrainConfig) if f.name != "model"}
     p.add_argument("--model", required=True, help="zoo name or inline spec (vocab >= 256)")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--seq", type=int, default=128, help="tokens per sequence")
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=d["steps"])
+    p.add_argument("--batch", type=int, default=d["batch"])
+    p.add_argument("--seq", type=int, default=d["seq_len"], help="tokens per sequence")
+    p.add_argument("--lr", type=float, default=d["lr"])
+    p.add_argument("--seed", type=int, default=d["seed"])
     p.add_argument("--cache-dir", type=Path, help="default: $MEMGAUGE_CACHE or ~/.cache/memgauge")
     p.add_argument("--force", action="store_true", help="train again even if cached")
     p.add_argument("--json", action="store_true", help="print {path, ...metadata} as JSON")

@@ -1,8 +1,14 @@
 """A small model trained on the text corpus, cached as a Hugging Face checkpoint folder, so that
 perplexity and logit-fidelity numbers mean something (a random model's perplexity does not).
 
-    memgauge pretrain --model llama-mini --steps 300      # prints the folder
-    memgauge run --model ~/.cache/memgauge/pretrained/llama-mini-300-<hash> --mode prefill ...
+    memgauge pretrain --model llama-mini                  # prints the folder
+    memgauge run --model ~/.cache/memgauge/pretrained/llama-mini-120-<hash> --mode prefill ...
+
+Cells with `weights = "trained"` (the demo, quick, standard and nightly suites) load the
+checkpoint of their architecture trained with the default recipe (`PretrainConfig()`); a sweep
+trains what is missing before its first cell (`ensure_trained`, in a child process), and an
+architecture that a technique changes at build time (tie_embeddings, gqa) gets its own
+checkpoint trained with the same recipe.
 
 The folder is keyed by the architecture, the training settings and a hash of the code that
 defines them (this module, the corpus and the zoo), so a change to any of them trains afresh.
@@ -32,8 +38,8 @@ class PretrainConfig:
     """How the model is trained (all part of the cache key)."""
 
     model: str
-    steps: int = 300
-    batch: int = 8
+    steps: int = 120
+    batch: int = 2
     seq_len: int = 128
     lr: float = 3e-3
     seed: int = 0
@@ -62,15 +68,16 @@ def code_hash() -> str:
     return h.hexdigest()[:12]
 
 
-def checkpoint_folder(cfg: PretrainConfig, root: Path | None = None) -> Path:
+def checkpoint_folder(cfg: PretrainConfig, root: Path | None = None, spec: Any = None) -> Path:
+    """Where `cfg`'s model (or the given `spec`, e.g. after a technique's build change) trained
+    with `cfg`'s recipe is cached."""
     from memgauge.workloads.zoo import resolve_model
 
-    spec = resolve_model(cfg.model)
+    spec = spec if spec is not None else resolve_model(cfg.model)
     if spec.checkpoint:
         raise ValueError("pretrain builds from an architecture, not from a checkpoint folder")
-    key = json.dumps(
-        {"spec": spec.to_dict(), "train": asdict(cfg), "code": code_hash()}, sort_keys=True
-    )
+    train = {**asdict(cfg), "model": spec.name}
+    key = json.dumps({"spec": spec.to_dict(), "train": train, "code": code_hash()}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in spec.name)[:60]
     return (root or cache_dir()) / "pretrained" / f"{safe}-{cfg.steps}-{digest}"
@@ -88,18 +95,20 @@ def heldout_loss(model: Any, vocab: int, batch: int = 4, seq_len: int = 128) -> 
     return float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), toks[:, 1:].reshape(-1)))
 
 
-def pretrain(cfg: PretrainConfig, root: Path | None = None, *, force: bool = False) -> Path:
+def pretrain(
+    cfg: PretrainConfig, root: Path | None = None, *, force: bool = False, spec: Any = None
+) -> Path:
     """Train (or find in the cache) and return the checkpoint folder."""
     import torch
 
     from memgauge.workloads.data import BYTE_VOCAB, corpus_batch
     from memgauge.workloads.zoo import build_model, resolve_model
 
-    folder = checkpoint_folder(cfg, root)
+    spec = spec if spec is not None else resolve_model(cfg.model)
+    folder = checkpoint_folder(cfg, root, spec)
     if (folder / META).is_file() and not force:
         log.info("using cached %s", folder)
         return folder
-    spec = resolve_model(cfg.model)
     if spec.vocab < BYTE_VOCAB:
         raise ValueError(
             f"the corpus is byte-level: the vocabulary must be >= {BYTE_VOCAB}, "
@@ -132,7 +141,7 @@ def pretrain(cfg: PretrainConfig, root: Path | None = None, *, force: bool = Fal
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(out.loss))
+        losses.append(float(out.loss.detach()))
         if (i + 1) % max(1, cfg.steps // 10) == 0:
             log.info("step %d/%d loss %.3f", i + 1, cfg.steps, losses[-1])
     model.eval()
@@ -145,6 +154,14 @@ def pretrain(cfg: PretrainConfig, root: Path | None = None, *, force: bool = Fal
         "train_loss_last": losses[-1],
         "train_s": round(time.time() - t0, 1),
     }
+    log.info(
+        "held-out loss %.3f -> %.3f nats/byte after %d steps in %.0f s (%s)",
+        start_loss,
+        meta["heldout_loss"],
+        cfg.steps,
+        meta["train_s"],
+        folder.name,
+    )
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -158,3 +175,111 @@ def pretrain(cfg: PretrainConfig, root: Path | None = None, *, force: bool = Fal
 
 def read_meta(folder: Path) -> dict[str, Any]:
     return json.loads((Path(folder) / META).read_text())
+
+
+# -- trained weights for cells ----------------------------------------------------------------------
+def cell_specs(cell: Any) -> list[Any]:
+    """The architectures a cell with trained weights loads: its model's, and the one its
+    techniques build (if they change it), each once.  Imports the techniques (torch)."""
+    from memgauge.techniques import parse_techniques
+    from memgauge.workloads.context import BuildOptions
+    from memgauge.workloads.zoo import resolve_model
+
+    base = resolve_model(cell.model)
+    specs = [base]
+    if base.checkpoint:
+        return []
+    build = BuildOptions(spec=resolve_model(cell.model))
+    for t in parse_techniques(list(cell.techniques)):
+        t.before_build(build)
+    if build.spec.to_dict() != base.to_dict():
+        specs.append(build.spec)
+    return specs
+
+
+def trained_checkpoint(spec: Any, root: Path | None = None) -> Path | None:
+    """The cached default-recipe checkpoint of `spec`, or None if it has not been trained."""
+    if spec.checkpoint:
+        return None
+    folder = checkpoint_folder(PretrainConfig(model=spec.name), root, spec)
+    return folder if (folder / META).is_file() else None
+
+
+def load_weights(model: Any, folder: Path) -> None:
+    """Copy a checkpoint's tensors into an already built model (any device / dtype); a tied
+    head may be absent from the file, anything else missing is an error."""
+    from safetensors.torch import load_file
+
+    state: dict[str, Any] = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {folder} does not fit the model: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+
+
+def identity(folder: Path) -> dict[str, Any]:
+    """What `quality.checkpoint` records: the folder's name (architecture, steps, hash of spec,
+    recipe and code), the recipe and the held-out loss it reached."""
+    meta = read_meta(folder)
+    return {
+        "name": Path(folder).name,
+        "recipe": {k: v for k, v in meta["config"].items() if k != "model"},
+        "code": meta.get("code"),
+        "heldout_loss": meta.get("heldout_loss"),
+    }
+
+
+def ensure_trained(cells: list[Any], root: Path | None = None) -> list[dict[str, Any]]:
+    """Train every architecture the `weights = "trained"` cells need and the cache lacks (in
+    this process).  Returns one record per architecture: name, folder, cached, train_s."""
+    out, seen = [], set()
+    for cell in cells:
+        if getattr(cell, "weights", "random") != "trained":
+            continue
+        for spec in cell_specs(cell):
+            key = json.dumps(spec.to_dict(), sort_keys=True)
+            if key in seen:
+                continue
+            seen.add(key)
+            have = trained_checkpoint(spec, root)
+            if have is None:
+                log.info(
+                    "training %s on the corpus for trained-weight quality (first use; "
+                    "cached in %s)",
+                    spec.name + (" (tied)" if spec.tie else ""),
+                    (root or cache_dir()) / "pretrained",
+                )
+            t0 = time.time()
+            folder = have or pretrain(PretrainConfig(model=spec.name), root, spec=spec)
+            out.append(
+                {
+                    "name": folder.name,
+                    "folder": str(folder),
+                    "cached": have is not None,
+                    "train_s": None if have else round(time.time() - t0, 1),
+                }
+            )
+    return out
+
+
+def main() -> int:
+    """`python -m memgauge.workloads.pretrained` < cells.json: ensure_trained for the cells."""
+    import sys
+
+    from memgauge.cell import Cell
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    cells = [Cell.from_dict(c) for c in json.loads(sys.stdin.read())]
+    print(json.dumps(ensure_trained(cells)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
