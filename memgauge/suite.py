@@ -120,13 +120,18 @@ def validate_cell(cell: Cell, problems: list[str], where: str) -> Cell | None:
                 + (f" + {cell.decode_tokens} decode tokens" if cell.mode == "decode" else "")
                 + f" exceeds {spec.name}'s max positions ({spec.max_pos})"
             )
-    if isinstance(cell.batch, int) and cell.mode == "train":
-        pass
     try:
         techs = parse_techniques(list(cell.techniques))
         cell.techniques = sorted(t.spec() for t in techs)
-    except SpecError as exc:
+    except (SpecError, ValueError) as exc:
         problems.append(f"{where}: {exc}")
+        techs = []
+    for t in techs:  # what each technique can say before anything is built (issue 14 row 7)
+        if cell.mode in MODES and cell.mode not in t.modes:
+            problems.append(f"{where}: {t.name} applies to {'/'.join(t.modes)}, not {cell.mode}")
+        problem = t.check_model(spec) if spec is not None else None
+        if problem:
+            problems.append(f"{where}: {problem}")
     return cell if len(problems) == n0 else None
 
 

@@ -9,6 +9,22 @@ from memgauge.techniques.base import Technique, register
 
 # Default target modules per family (the paper adapts the query and value projections).
 _DEFAULT_TARGETS = {"llama": ("q_proj", "v_proj"), "gpt2": ("c_attn",)}
+_FAMILY_TARGETS = {
+    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "gpt2": ("c_attn", "c_proj", "c_fc"),
+}
+
+
+def check_targets(name: str, targets: tuple[str, ...], spec: Any) -> str | None:
+    """An unknown target module for this model family, said before anything is built."""
+    known = _FAMILY_TARGETS.get(spec.family)
+    bad = [t for t in targets if known is not None and t not in known]
+    if bad:
+        return (
+            f"{name}: unknown LoRA target {bad[0]!r} for a {spec.family} model; "
+            f"known: {'+'.join(known)}"
+        )
+    return None
 
 
 def adapted_shapes(spec: Any, targets: tuple[str, ...]) -> list[tuple[int, int]]:
@@ -64,6 +80,9 @@ class Lora(Technique):
 
     def _targets(self, spec: Any) -> tuple[str, ...]:
         return self.targets or _DEFAULT_TARGETS[spec.family]
+
+    def check_model(self, spec: Any) -> str | None:
+        return check_targets(self.name, self.targets, spec)
 
     def apply(self, wl: Any) -> None:
         from peft import LoraConfig, get_peft_model
@@ -134,6 +153,9 @@ class QLora(Technique):
         "quant_type": "nf4 or fp4",
         "double_quant": "quantize the absmax constants too",
     }
+
+    def check_model(self, spec: Any) -> str | None:
+        return check_targets(self.name, self.targets, spec)
 
     def __post_init__(self) -> None:
         Lora(r=self.r, alpha=self.alpha, targets=self.targets)  # same validation

@@ -79,6 +79,11 @@ class Technique:
     def extra_unsupported_reason(self, *, mode: str, device: str, dtype: str) -> str | None:
         return None
 
+    def check_model(self, spec: Any) -> str | None:
+        """What is wrong with this config on model `spec`, knowable before anything is built
+        (checked with the cell's other input, before a worker starts), or None."""
+        return None
+
     # -- hooks ---------------------------------------------------------------------------------
     def before_build(self, build: BuildOptions) -> None:
         """Change how the model is built (attention implementation, architecture fields)."""

@@ -41,6 +41,21 @@ class GroupedQueryAttention(Technique):
         ):
             raise ValueError(f"kv_heads must be an integer >= 1, got {self.kv_heads!r}")
 
+    def check_model(self, spec: Any) -> str | None:
+        if spec.family != "llama" or spec.checkpoint:
+            return None  # unsupported when built, with the reason (a measured outcome)
+        if self.kv_heads > spec.heads:
+            return (
+                f"gqa: kv_heads={self.kv_heads} exceeds the {spec.heads} query heads of {spec.name}"
+            )
+        if spec.heads % self.kv_heads:
+            divisors = [d for d in range(1, spec.heads + 1) if spec.heads % d == 0]
+            return (
+                f"gqa: {spec.heads} query heads are not divisible by kv_heads={self.kv_heads}; "
+                f"use one of {', '.join(map(str, divisors))}"
+            )
+        return None
+
     def before_build(self, build: Any) -> None:
         spec = build.spec
         if spec.family != "llama":
