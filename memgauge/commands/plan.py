@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +41,13 @@ def format_plan(p: Plan) -> str:
             f"  baseline (no technique): {fmt_bytes(b.analytic_peak)} analytic, "
             + ("fits" if b.analytic_peak <= q.budget else "does not fit")
         )
-    lines.append(
-        f"  {p.enumerated:,} combinations of {len(p.techniques)} techniques (up to "
+    lines += textwrap.wrap(
+        f"{p.enumerated:,} combinations of {len(p.techniques)} techniques (up to "
         f"{q.max_techniques} at once) estimated analytically; {p.fitting:,} fit; "
-        f"{p.considered:,} considered ({p.ranking})"
+        f"{p.considered:,} considered; ranked: {p.ranking}",
+        width=100,
+        initial_indent="  ",
+        subsequent_indent="    ",
     )
     if not p.candidates:
         lines += [f"  {n}" for n in p.notes]
@@ -74,10 +78,13 @@ def format_plan(p: Plan) -> str:
         )
     if untraced:
         reasons = sorted({c.traced_reason or "" for c in untraced})
-        lines.append(
-            "  analytic only: "
+        lines += textwrap.wrap(
+            "analytic only: "
             + ", ".join(f"#{p.candidates.index(c) + 1}" for c in untraced)
-            + f" ({'; '.join(reasons)})"
+            + f" ({'; '.join(reasons)})",
+            width=100,
+            initial_indent="  ",
+            subsequent_indent="    ",
         )
     for dr in p.dropped:
         lines.append(
@@ -99,29 +106,38 @@ def format_plan(p: Plan) -> str:
         )
     if len(measured) < len(p.candidates):
         src = f"in {p.evidence_source}" if p.evidence_source else "(no store)"
-        lines.append(
-            f"  unmeasured: no cell with the same technique set, mode and device type {src}"
-            " (--emit-suite PATH writes a suite that measures them on a small proxy)"
+        lines += textwrap.wrap(
+            f"unmeasured: no stored cell has the same technique set, mode and device type {src};"
+            " --emit-suite PATH writes a suite that measures them on a small proxy",
+            width=100,
+            initial_indent="  ",
+            subsequent_indent="    ",
         )
     needs = sorted({n for c in p.candidates for n in c.needs})
     if needs:
         lines.append(f"  this Python lacks {', '.join(needs)} (needed to run or trace some)")
-    lines.append(
-        "  left out: "
+    lines += textwrap.wrap(
+        "left out: "
         + "; ".join(f"{k} ({v})" for k, v in sorted(d["excluded"].items()))
-        + " (--allow NAME to include)"
+        + " (--allow NAME to include)",
+        width=100,
+        initial_indent="  ",
+        subsequent_indent="    ",
     )
     lines.append(
         "  capacity: analytic estimate of the largest batch (at this seq) and seq (at this batch)"
     )
     s = p.seconds
-    lines.append(
-        f"  planned in {s['total']:.1f} s, {s['since_start']:.1f} s since the command started "
-        f"(enumerate {s['enumerate']:.1f}, estimate "
-        f"{s['estimate']:.1f}, evidence {s['evidence']:.1f}, imports {s['import']:.1f}, trace "
-        f"{s['trace']:.1f}, capacity "
-        f"{s['capacity']:.1f})"
+    lines += textwrap.wrap(
+        f"planned in {s['total']:.1f} s, {s['since_start']:.1f} s since the command started "
+        f"(enumerate {s['enumerate']:.1f}, estimate {s['estimate']:.1f}, evidence "
+        f"{s['evidence']:.1f}, imports {s['import']:.1f}, trace {s['trace']:.1f}, capacity "
+        f"{s['capacity']:.1f})",
+        width=100,
+        initial_indent="  ",
+        subsequent_indent="    ",
     )
+
     lines += [f"  note: {n}" for n in p.notes]
     return "\n".join(lines)
 

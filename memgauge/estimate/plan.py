@@ -787,12 +787,14 @@ def _toml(v: Any) -> str:
 
 def suite_toml(p: Plan, *, layers: int = 2, steps: int = 3) -> str:
     """A suite measuring the plan's candidates and the baseline on a proxy (proxy_model)."""
+    from memgauge.units import fmt_bytes
+
     q = p.query
     model, notes = proxy_model(q, layers=layers)
     sets = [[], *[c.techniques for c in p.candidates]]
     desc = (
         f"memgauge plan evidence: {len(p.candidates)} candidates for {q.model} {q.mode} "
-        f"b={q.batch} s={q.seq_len} within {q.budget} bytes, measured with the baseline on a "
+        f"b={q.batch} s={q.seq_len} within {fmt_bytes(q.budget)}, measured with the baseline on a "
         f"proxy ({'; '.join(notes)})"
     )
     lines = [
