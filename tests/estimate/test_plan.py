@@ -79,6 +79,14 @@ def test_llama3_8b_for_24gib_lists_adapters_with_checkpointing(capsys) -> None:
         assert c["capacity"]["batch"] >= 1 and c["capacity"]["seq"] >= 2048
         assert c["traced_peak"] is None and c["peak_source"] == "analytic"
     assert p["analytic_only"] == [c["techniques"] for c in cands] and p["traced"] == []
+    for c in cands[:4]:  # the same numbers as `memgauge estimate` of the same combination
+        e = _plan_json(
+            capsys,
+            *("estimate", "--model", "llama-3-8b", "--mode", "train", "--seq", "2048"),
+            *("--device", "cuda", "--no-trace", "--json"),
+            *[x for t in c["techniques"] for x in ("-t", t)],
+        )
+        assert e["analytic"]["peak"] == c["peak"]
 
 
 def test_every_candidate_agrees_with_estimate(capsys) -> None:
