@@ -74,9 +74,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_runnable([cell])
     store = None if args.no_store else _store(args)  # a store that cannot be written: said now
     result = run_isolated(cell.to_dict())
-    not_stored = None
+    not_stored = stored_as = None
     if store is not None:
-        not_stored = _store_run_result(store, cell, result)
+        stored_as, not_stored = _store_run_result(store, cell, result)
     out = {
         k: result.get(k)
         for k in (
@@ -94,6 +94,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     }
     if args.json:
         sys.stdout.write(json.dumps(out, default=str) + "\n")
+        if stored_as:  # stdout holds exactly one JSON object
+            print(f"stored as run {stored_as}", file=sys.stderr)
     else:
         m, t = out["memory"] or {}, out["timing"] or {}
         print(
@@ -114,14 +116,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
             p = out["prediction"] or {}
             print(f"  analytic peak   {fmt_bytes(p.get('analytic_peak'))}")
+        if stored_as:
+            print(f"stored as run {stored_as}")
     if not_stored:  # the measurement is printed above and kept in the recovery file
         return _die(not_stored)
     return 0 if result["status"] in ("ok", "unsupported") else 1
 
 
-def _store_run_result(store: Any, cell: Any, result: dict[str, Any]) -> str | None:
+def _store_run_result(
+    store: Any, cell: Any, result: dict[str, Any]
+) -> tuple[str | None, str | None]:
     """Store `run`'s result as a one-cell run; when the store refuses it, save it to a recovery
-    file instead.  Returns None when stored, else the sentence to tell the user."""
+    file instead.  Returns (the run id it was stored as, None), or (None, the sentence to tell
+    the user)."""
     import sqlalchemy as sa
 
     from memgauge.results.store import StoreError
@@ -130,19 +137,19 @@ def _store_run_result(store: Any, cell: Any, result: dict[str, Any]) -> str | No
     try:
         fill_loss_delta(result, cell, store, {})
         # the result is reused, not re-measured
-        run_sweep(
+        outcome = run_sweep(
             [cell], store=store, suite="run", kind="run", runner=lambda _c: result, progress=False
         )
-        return None
+        return outcome.run_id, None
     except (StoreError, sa.exc.SQLAlchemyError, OSError) as exc:
         if getattr(exc, "recovery", None) is not None or "recovery file" in str(exc):
-            return str(exc)
+            return None, str(exc)
         from memgauge.results.store import _scrub
 
         detail = _scrub(f"{type(exc).__name__}: {str(exc).splitlines()[0]}", store.url)
         result.setdefault("cell_extra", _cell_extra(cell))
         _, saved = save_recovery(store, result, {"suite": "run", "kind": "run", "cells_planned": 1})
-        return f"could not store the result into {store.safe_url}: {detail}; {saved}"
+        return None, f"could not store the result into {store.safe_url}: {detail}; {saved}"
 
 
 def _cell_extra(cell: Any) -> dict[str, Any]:

@@ -125,6 +125,8 @@ def test_run_json_follows_the_contract(mode, tmp_path):
     runs = st.runs()
     assert len(runs) == 1 and runs[0]["kind"] == "run" and runs[0]["status"] == "complete"
     assert st.results(runs[0]["id"])[0]["cell_key"] == r["cell"]["key"]
+    # the run id is said (on stderr: stdout holds the one JSON object)
+    assert f"stored as run {runs[0]['id']}" in out.stderr
 
 
 def test_run_no_store_and_human_output(tmp_path):
@@ -144,6 +146,7 @@ def test_run_no_store_and_human_output(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "peak allocated" in out.stdout and "MiB" in out.stdout or "KiB" in out.stdout
     assert not (tmp_path / "s.sqlite").exists()
+    assert "stored as run" not in out.stdout
 
 
 def test_bad_suite_reports_every_problem_before_building_anything(tmp_path):

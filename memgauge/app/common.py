@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from memgauge.results import labels as L
 from memgauge.results import queries as Q
 from memgauge.results.figures import byte_unit
 from memgauge.results.store import ENV_VAR, Store, StoreError, redact, resolve_url
@@ -64,8 +65,10 @@ def refresh_marker() -> None:
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
-def _cached(fn: str, url: str, _marker: tuple, args: tuple, kwargs: tuple) -> Any:
-    del _marker  # part of the cache key only
+def _cached(fn: str, url: str, marker: tuple, args: tuple, kwargs: tuple) -> Any:
+    # `marker` is part of the cache key only; Streamlit leaves a parameter whose name starts
+    # with "_" out of the key, and with it every run stored after the first look (issue 15)
+    del marker
     mod, name = fn.split(":")
     return getattr(importlib.import_module(mod), name)(_open(url), *args, **dict(kwargs))
 
@@ -98,16 +101,20 @@ def run_picker(
     *,
     key: str = "run",
     kind: str | None = None,
-    default_index: int = 0,
+    default_index: int | None = None,
     container: Any = None,
 ) -> str | None:
-    """A run select box (newest first) whose choice is remembered across pages."""
+    """A run select box (newest first) whose choice is remembered across pages.  Without a
+    `default_index` it opens on the newest run that has baselines and technique cells (a
+    sweep, not a one-cell `memgauge run`), see `queries.default_run`."""
     runs = cached(Q.runs_frame, kind=kind)
     if runs.empty:
         return None
     ids = runs["id"].tolist()
     labels = dict(zip(runs["id"], runs["label"], strict=True))
     remembered = st.session_state.get(f"_picked_{key}")
+    if default_index is None:
+        default_index = Q.default_run(runs)
     index = ids.index(remembered) if remembered in ids else min(default_index, len(ids) - 1)
     where = container or st
     rid = where.selectbox(label, ids, index=index, format_func=labels.get, key=f"w_{key}")
@@ -128,10 +135,7 @@ def metric_picker(container: Any = None, key: str = "metric") -> str:
 
 
 def workload_label(r: dict[str, Any]) -> str:
-    return (
-        f"{r['model']} · {r['mode']} · batch {r['batch']} · seq {r['seq_len']} · "
-        f"{r['dtype']} · {r['device']}"
-    )
+    return L.workload_label(r, "long")
 
 
 def bytes_columns(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:

@@ -13,9 +13,19 @@ from memgauge.results.store import redact
 st.set_page_config(page_title="memgauge", page_icon=":bar_chart:", layout="wide")
 C.refresh_marker()
 
+OVERVIEW = st.Page("views/overview.py", title="Overview", url_path="overview")
+
+
+def start() -> None:
+    """The root URL opens the Overview at /overview.  (A default page is served at "/" only:
+    its own path, bookmarked or linked, would say "Page not found".)"""
+    st.switch_page(OVERVIEW)
+
+
 PAGES = {
     "Results": [
-        st.Page("views/overview.py", title="Overview", url_path="overview", default=True),
+        st.Page(start, title="Overview", default=True, visibility="hidden"),
+        OVERVIEW,
         st.Page("views/explore.py", title="Explore", url_path="explore"),
         st.Page("views/breakdown.py", title="Breakdown", url_path="breakdown"),
         st.Page("views/scaling.py", title="Scaling", url_path="scaling"),

@@ -16,21 +16,13 @@ from __future__ import annotations
 import pandas as pd
 import sqlalchemy as sa
 
+from memgauge.results import labels as L
 from memgauge.results import queries as Q
 from memgauge.results import schema as S
 from memgauge.results.store import Store
 
 R = S.results
-SEP = " + "
-
-
-def technique_set(label: str | None) -> frozenset[str]:
-    """The stored label ('a + b', '' = baseline) as a set of canonical specs."""
-    return frozenset(t for t in (label or "").split(SEP) if t)
-
-
-def set_label(techs: frozenset[str]) -> str:
-    return SEP.join(sorted(techs))
+technique_set, set_label = L.technique_set, L.stored_techniques
 
 
 def combination_rows(store: Store, run_id: str, metric: str = "peak_allocated") -> pd.DataFrame:
@@ -74,7 +66,7 @@ def marginal_savings(rows: pd.DataFrame) -> pd.DataFrame:
                     {
                         **dict(zip(Q.WORKLOAD, key, strict=True)),
                         "technique": t,
-                        "context": set_label(ctx) or "baseline",
+                        "context": L.technique_label(set_label(ctx)),
                         "saving_bytes": saving,
                         "saving_frac": saving / base if base else None,
                     }

@@ -17,6 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from memgauge.results import labels as L
 from memgauge.results import queries as Q
 from memgauge.units import GiB, KiB, MiB, fmt_bytes
 
@@ -65,11 +66,16 @@ def _empty(title: str, message: str) -> go.Figure:
 
 
 def _label(techniques: str | None) -> str:
-    return Q.technique_label(techniques)
+    return L.technique_label(techniques)
 
 
 def _workload_label(r: dict[str, Any]) -> str:
-    return f"{r['model']} · {r['mode']} · b={r['batch']} s={r['seq_len']} · {r['dtype']} · {r['device']}"
+    return L.workload_label(r, "short")
+
+
+_safe = L.html_frame
+"""every figure escapes the text of the frame it is given before drawing a label from it:
+plotly.js renders a subset of HTML in labels and hovers (issue 14, row 8)"""
 
 
 # -- overview --------------------------------------------------------------------------------------
@@ -78,6 +84,7 @@ def saving_heatmap(matrix: pd.DataFrame, metric: str = "peak_allocated") -> go.F
     run's baseline, in % (negative = the technique costs memory).  From
     `queries.saving_matrix`."""
     title = f"{Q.METRICS.get(metric, metric)}: saving vs baseline"
+    matrix = _safe(matrix)
     if matrix.empty:
         return _empty(title, "no technique cell with a successful baseline in this run")
     m = matrix.assign(
@@ -128,7 +135,7 @@ def saving_heatmap(matrix: pd.DataFrame, metric: str = "peak_allocated") -> go.F
 
 def status_bar(counts: dict[str, int]) -> go.Figure:
     """Cells per status (from `queries.status_counts`), statuses with no cell left out."""
-    items = [(k, v) for k, v in counts.items() if v]
+    items = [(L.html_text(k), v) for k, v in counts.items() if v]
     fig = go.Figure(
         go.Bar(
             x=[k for k, _ in items],
@@ -150,6 +157,7 @@ def pareto_scatter(points: pd.DataFrame, metric: str = "peak_allocated") -> go.F
     `points` has the `queries.explore` columns (value, tokens_per_s, quality_cost, ...)."""
     label = Q.METRICS.get(metric, metric)
     title = f"{label} vs throughput"
+    points = _safe(points)
     ok = (
         points[
             (points["status"] == "ok") & points["value"].notna() & points["tokens_per_s"].notna()
@@ -244,6 +252,9 @@ def breakdown_bars(
     unexplained rest (allocated but not categorised, reserved − allocated, device − reserved)
     hatched.  `df` from `queries.breakdown_at_peak`; `analytic` (same shape, kind='analytic')
     adds the estimator's predicted peak as a diamond per bar."""
+    title = L.html_text(title)
+    df = _safe(df)
+    analytic = None if analytic is None else _safe(analytic)
     if df.empty:
         return _empty(title, "no breakdown recorded for this workload")
     cats = [c for c in CATEGORY_COLORS if c in df.columns]
@@ -316,6 +327,7 @@ def scaling_figure(
     label = Q.METRICS.get(metric, metric)
     axis_title = "batch size" if axis == "batch" else "sequence length (tokens)"
     title = f"{label} and throughput against {axis_title}"
+    df = _safe(df)
     if df.empty:
         return _empty(title, "no cells for this selection")
     ok = df[(df["status"] == "ok") & df["value"].notna()]
@@ -433,6 +445,7 @@ def marginal_figure(marginal: pd.DataFrame) -> go.Figure:
     to (alone = against the baseline), the mean as a bar.  From
     `combinations.marginal_savings`."""
     title = "marginal saving of each technique"
+    marginal = _safe(marginal)
     m = marginal[marginal["saving_frac"].notna()] if len(marginal) else marginal
     if m.empty:
         return _empty(title, "no technique was measured both with and without another set")
@@ -475,6 +488,7 @@ def interaction_figure(inter: pd.DataFrame) -> go.Figure:
     additive expectation), in % of the baseline; the gap is the interaction.  From
     `combinations.interactions` (averaged over workloads)."""
     title = "combined saving vs the sum of solo savings"
+    inter = _safe(inter)
     if inter.empty:
         return _empty(title, "no combination whose members were also measured alone")
     g = inter.groupby("combination")[["measured_frac", "additive_frac", "interaction_frac"]].mean()
@@ -518,7 +532,8 @@ def estimate_figure(
     breakdown: dict[str, int], *, device_memory: int | None = None, title: str = "estimated peak"
 ) -> go.Figure:
     """One horizontal stacked bar of the analytic breakdown, with the device memory as a line."""
-    vals = {k: v for k, v in breakdown.items() if v}
+    title = L.html_text(title)
+    vals = {L.html_text(k): v for k, v in breakdown.items() if v}
     peak = sum(breakdown.values())
     div, unit = byte_unit([peak, device_memory])
     fig = go.Figure()
@@ -562,6 +577,7 @@ def compare_figure(df: pd.DataFrame, metric: str = "peak_allocated", top: int = 
     largest memory changes.  From `queries.compare_runs`."""
     label = Q.METRICS.get(metric, metric)
     title = f"run B vs run A: {label} and throughput change"
+    df = _safe(df)
     d = df[df["delta_frac"].notna()] if len(df) else df
     if d.empty:
         return _empty(title, "no matched cell has the metric in both runs")
@@ -624,6 +640,8 @@ def history_figure(
     the bottom; nights judged `regression` / `suspicious` (verdicts: run_id → verdict) marked."""
     label = Q.METRICS.get(metric, metric)
     title = f"{label} per night"
+    hist = _safe(hist)
+    verdicts = {L.html_text(r): v for r, v in (verdicts or {}).items()}
     if hist.empty:
         return _empty(title, "no nightly history for this cell")
     h = hist.assign(when=pd.to_datetime(hist["started_at"], unit="s"))
@@ -686,6 +704,7 @@ def timeline_figure(
     points: Sequence[tuple[float, int]], *, title: str = "memory during one step"
 ) -> go.Figure:
     """Allocated bytes over one step (t in ms), the peak marked."""
+    title = L.html_text(title)
     if not points:
         return _empty(title, "no timeline recorded")
     t = [p[0] for p in points]

@@ -19,12 +19,14 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from decimal import Decimal
 from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
 
 from memgauge.result import MODES
+from memgauge.results import labels as L
 from memgauge.results import schema as S
 from memgauge.results.store import Store
 
@@ -66,9 +68,8 @@ QUALITY_COST_LABEL = "quality cost (Δloss for train, KL to baseline for inferen
 QUALITY_COST = sa.case((R.c.mode == "train", R.c.loss_delta), else_=R.c.kl_to_baseline)
 
 
-def technique_label(techniques: str | None) -> str:
-    """The stored technique set ('' is the baseline) as people read it."""
-    return techniques or "baseline"
+technique_label = L.technique_label
+"""the stored technique set as people read it (`labels.technique_label`)"""
 
 
 def _metric(metric: str) -> sa.ColumnElement:
@@ -77,10 +78,24 @@ def _metric(metric: str) -> sa.ColumnElement:
     return R.c[metric]
 
 
+def plain(v: Any) -> Any:
+    """A value as Python's own number: PostgreSQL returns SUM/AVG and numeric arithmetic as
+    `Decimal` (SQLite as int/float), which pandas keeps as objects and float arithmetic refuses.
+    A whole-numbered Decimal (a SUM of bytes) becomes an int, any other a float."""
+    if isinstance(v, Decimal):
+        if v.is_finite() and v == v.to_integral_value() and v.as_tuple().exponent >= 0:
+            return int(v)
+        return float(v)
+    return v
+
+
 def _frame(con: Any, q: Any) -> pd.DataFrame:
+    """The query's rows as a DataFrame, numbers normalised (`plain`): the one boundary every
+    query of this package crosses, so that SQLite and PostgreSQL stores give the same frames."""
     res = con.execute(q)
     # plain tuples: pandas infers one dtype per column from SQLAlchemy Row objects otherwise
-    return pd.DataFrame.from_records([tuple(r) for r in res.fetchall()], columns=list(res.keys()))
+    rows = [tuple(plain(v) for v in r) for r in res.fetchall()]
+    return pd.DataFrame.from_records(rows, columns=list(res.keys()))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,8 +173,22 @@ def has_results(store: Store) -> bool:
 
 def runs_frame(store: Store, *, kind: str | None = None, limit: int = 500) -> pd.DataFrame:
     """Runs, newest first: id, suite, kind, status (a dead `running` run shows `interrupted`),
-    started_at, finished_at, cells_planned, env_hash, label.  Only runs with results."""
-    has = sa.exists().where(R.c.run_id == RUNS.c.id)
+    started_at, finished_at, cells_planned, env_hash, what the run holds (cells, ok,
+    baselines = successful no-technique cells, technique_cells, models, modes) and a label
+    that says it.  Only runs with results."""
+    held = (
+        sa.select(
+            R.c.run_id,
+            sa.func.count().label("cells"),
+            sa.func.sum(sa.case((R.c.status == "ok", 1), else_=0)).label("ok"),
+            sa.func.sum(
+                sa.case((sa.and_(R.c.n_techniques == 0, R.c.status == "ok"), 1), else_=0)
+            ).label("baselines"),
+            sa.func.sum(sa.case((R.c.n_techniques > 0, 1), else_=0)).label("technique_cells"),
+        )
+        .group_by(R.c.run_id)
+        .subquery("held")
+    )
     q = (
         sa.select(
             RUNS.c.id,
@@ -172,15 +201,33 @@ def runs_frame(store: Store, *, kind: str | None = None, limit: int = 500) -> pd
             RUNS.c.env_hash,
             RUNS.c.host,
             RUNS.c.pid,
+            held.c.cells,
+            held.c.ok,
+            held.c.baselines,
+            held.c.technique_cells,
         )
-        .where(has)
-        .order_by(RUNS.c.started_at.desc())
+        .select_from(RUNS.join(held, held.c.run_id == RUNS.c.id))
+        .order_by(RUNS.c.started_at.desc(), RUNS.c.id.desc())
         .limit(limit)
     )
     if kind:
         q = q.where(RUNS.c.kind == kind)
+    counts = ("cells", "ok", "baselines", "technique_cells")
     with store.connect() as con:
-        rows = [Store._run_view(dict(r)) for r in con.execute(q).mappings()]
+        rows = []
+        for r in con.execute(q).mappings():
+            row = Store._run_view(dict(r))
+            rows.append({**row, **{c: int(r[c] or 0) for c in counts}})
+        ids = [r["id"] for r in rows]
+        what: dict[str, tuple[set[str], set[str]]] = {i: (set(), set()) for i in ids}
+        if ids:
+            mm = sa.select(R.c.run_id, R.c.model, R.c.mode).where(R.c.run_id.in_(ids)).distinct()
+            for rid, model, mode in con.execute(mm):
+                what[rid][0].add(model)
+                what[rid][1].add(mode)
+    for r in rows:
+        r["models"] = ", ".join(sorted(what[r["id"]][0]))
+        r["modes"] = ", ".join(sorted(what[r["id"]][1]))
     df = pd.DataFrame(
         rows,
         columns=[
@@ -194,19 +241,34 @@ def runs_frame(store: Store, *, kind: str | None = None, limit: int = 500) -> pd
             "env_hash",
             "host",
             "pid",
+            *counts,
+            "models",
+            "modes",
         ],
     )
     df = df.drop(columns=["host", "pid"])
-    df["label"] = [_run_label(r) for r in df.to_dict("records")]
+    df["label"] = [run_label(r) for r in df.to_dict("records")]
     return df
 
 
-def _run_label(r: dict[str, Any]) -> str:
-    import time
+def comparable(run: dict[str, Any]) -> bool:
+    """Whether a run (a `runs_frame` row) holds a successful baseline and technique cells to
+    set against it: what the savings pages need (a one-cell `memgauge run` usually does not)."""
+    return bool(run.get("baselines")) and bool(run.get("technique_cells"))
 
-    when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(r["started_at"]))
-    # the id first: select boxes cut long labels at the right
-    return f"{r['id']} · {r['kind']} · {r['suite'] or '-'} · {r['status']} · {when} UTC"
+
+def default_run(runs: pd.DataFrame) -> int:
+    """Index in `runs` (newest first) of the run a savings page opens on: the newest with
+    baselines and technique cells, else the newest."""
+    for i, r in enumerate(runs.to_dict("records")):
+        if comparable(r):
+            return i
+    return 0
+
+
+def run_label(r: dict[str, Any]) -> str:
+    """A `runs_frame` row as a picker shows it (`labels.run_label`)."""
+    return L.run_label(r, comparable=comparable(r) if "cells" in r else None)
 
 
 def status_counts(store: Store, run_id: str) -> dict[str, int]:

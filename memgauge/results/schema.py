@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from memgauge.result import CATEGORIES, FAILED, RUN_STATUSES, SCHEMA_VERSION, STATUSES
+from memgauge.results.labels import stored_techniques
 
 __all__ = ["CATEGORIES", "FAILED", "RUN_STATUSES", "SCHEMA_VERSION", "STATUSES"]
 
@@ -114,8 +115,8 @@ breakdown = sa.Table(
 )
 
 
-def technique_label(techniques: list[str]) -> str:
-    return " + ".join(sorted(techniques))
+technique_label = stored_techniques
+"""a technique list in its stored form (`labels.stored_techniques`)"""
 
 
 def flatten(result: dict[str, Any]) -> dict[str, Any]:

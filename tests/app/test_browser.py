@@ -1,6 +1,7 @@
-"""The dashboard in a real browser: `memgauge dashboard` over the smoke store, every page loaded
-in headless Chromium (Debian's, driven by Playwright), charts drawn, no error shown, a
-screenshot of each page saved to test-artifacts/screenshots/<page>.png."""
+"""The dashboard in a real browser: `memgauge dashboard` over a copy of the smoke store, every
+page loaded in headless Chromium (Debian's, driven by Playwright), charts drawn, no error shown,
+a screenshot of each page saved to test-artifacts/screenshots/<page>.png; and a run stored while
+the dashboard runs shows after a reload."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -49,13 +51,25 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def dashboard(smoke_store):
+def live_store(smoke_store, tmp_path_factory) -> str:
+    """A copy of the smoke store that the tests may write to while the dashboard reads it."""
+    copy = tmp_path_factory.mktemp("live") / "live.sqlite"
+    src, dst = sqlite3.connect(smoke_store[0]), sqlite3.connect(copy)
+    with dst:
+        src.backup(dst)
+    src.close()
+    dst.close()
+    return str(copy)
+
+
+@pytest.fixture(scope="module")
+def dashboard(live_store):
     if shutil.which("chromium") is None:
         pytest.skip(
             "Debian's chromium is not installed (apt-get install -y chromium; .ci/run installs it)"
         )
     pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
-    url, _ = smoke_store
+    url = live_store
     port = _free_port()
     (ROOT / "test-artifacts").mkdir(exist_ok=True)
     log = open(ROOT / "test-artifacts" / "dashboard.log", "w")  # noqa: SIM115 - closed below
@@ -125,16 +139,19 @@ def tab(dashboard):
         b.close()
 
 
+def _wait_for_title(tab, title: str) -> None:
+    tab.wait_for_function(
+        "t => [...document.querySelectorAll('[data-testid=\"stMainBlockContainer\"] h1')]"
+        ".some(h => h.innerText.trim().startsWith(t))", arg=title, timeout=60_000)  # fmt: skip
+
+
 @pytest.mark.parametrize("page_name", list(PAGES))
 def test_page_renders(dashboard, tab, page_name):
     SHOTS.mkdir(parents=True, exist_ok=True)
     title = page_name.capitalize()
-    # the default page lives at the root URL
-    tab.goto(f"{dashboard}/{'' if page_name == 'overview' else page_name}",
-             wait_until="domcontentloaded", timeout=60_000)  # fmt: skip
-    tab.wait_for_function(
-        "t => [...document.querySelectorAll('[data-testid=\"stMainBlockContainer\"] h1')]"
-        ".some(h => h.innerText.trim().startsWith(t))", arg=title, timeout=60_000)  # fmt: skip
+    # /overview is an alias of the default page at "/" (a bookmark must not say "Page not found")
+    tab.goto(f"{dashboard}/{page_name}", wait_until="domcontentloaded", timeout=60_000)
+    _wait_for_title(tab, title)
     if PAGES[page_name]:
         tab.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
     _wait_until_drawn(tab)
@@ -146,3 +163,25 @@ def test_page_renders(dashboard, tab, page_name):
     assert "Page not found" not in body
     if PAGES[page_name]:
         assert tab.locator(".js-plotly-plot").count() >= 1
+
+
+def test_a_run_stored_while_the_dashboard_runs_shows_after_a_reload(dashboard, tab, live_store):
+    """Stored after the dashboard has answered from its cache: a reload must show it (and,
+    having baselines, open on it)."""
+    from memgauge.results.store import Store
+    from tests.app.synthetic import combination_run
+
+    tab.goto(dashboard, wait_until="domcontentloaded", timeout=60_000)
+    _wait_for_title(tab, "Overview")
+    _wait_until_drawn(tab)
+    assert "freshly-stored" not in tab.inner_text("body")
+    st = Store.open(live_store, create=False)
+    combination_run(st, suite="freshly-stored")
+    st.close()
+    tab.reload(wait_until="domcontentloaded", timeout=60_000)
+    _wait_for_title(tab, "Overview")
+    tab.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
+    _wait_until_drawn(tab)
+    tab.screenshot(path=str(SHOTS / "overview-after-a-new-run.png"), full_page=True)
+    body = tab.inner_text("body")
+    assert "freshly-stored sweep · 10 cells" in body

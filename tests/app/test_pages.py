@@ -248,3 +248,107 @@ def test_password_never_shown(monkeypatch):
     _ok(at)
     shown = _texts(at) + "\n".join(str(e.value) for e in at.sidebar.caption)
     assert "s3cret" not in shown
+
+
+# -- fresh data and the right run (issue 15) -------------------------------------------------------
+def test_a_run_stored_while_the_dashboard_runs_appears(monkeypatch, tmp_path):
+    """The cache is keyed on the store's change marker: a run stored after the first look
+    shows on the next script run (before, the marker was left out of the cache key)."""
+    path = tmp_path / "live.sqlite"
+    st_ = Store.open(str(path))
+    combination_run(st_, run_id="first")
+    at = _app(monkeypatch, str(path))
+    _ok(at)
+    assert [o.rsplit(" · ", 1)[-1] for o in at.selectbox(key="w_run").options] == ["first"]
+    combination_run(st_, run_id="second")
+    st_.close()
+    at.run()
+    _ok(at)
+    assert [o.rsplit(" · ", 1)[-1] for o in at.selectbox(key="w_run").options] == [
+        "second",
+        "first",
+    ]
+
+
+@pytest.mark.parametrize("page", ["overview", "combinations", "breakdown", "explore"])
+def test_default_run_is_the_newest_with_baselines(monkeypatch, tmp_path, page):
+    path = tmp_path / "runs.sqlite"
+    st_ = Store.open(str(path))
+    combination_run(st_, run_id="the-sweep", suite="quick")
+    make_run(
+        st_, [result(techniques=("lora",), peak=60 * MiB)], kind="run", suite="run", run_id="one"
+    )
+    st_.close()
+    at = _app(monkeypatch, str(path), page)
+    _ok(at)
+    if page == "explore":
+        assert at.multiselect(key="f_runs").value == ["the-sweep"]
+        return
+    box = at.selectbox(key="w_run")
+    assert box.value == "the-sweep"
+    labels = box.options
+    assert labels[0].startswith("run · 1 cell (llama-tiny; train) · no baseline pair")
+    assert labels[1].startswith("quick sweep · 10 cells (llama-tiny; prefill, train)")
+    if page == "overview":
+        assert _charts(at)[0]["data"][0]["type"] == "heatmap"
+
+
+# -- labels with markup (issue 14, row 8) ----------------------------------------------------------
+EVIL = ("<script>alert(1)</script>", '<img src=x onerror="alert(2)">')
+
+
+@pytest.fixture(scope="module")
+def evil_url(tmp_path_factory):
+    """Models and technique options named with markup (a model folder can be named anything),
+    in two sweeps, nightly history and a timeline, so that every page draws them."""
+    path = tmp_path_factory.mktemp("evil") / "evil.sqlite"
+    st_ = Store.open(str(path))
+    cats = {"parameters": 10 * MiB, "activations": 50 * MiB}
+    for rid in ("evil-a", "evil-b"):
+        rows = []
+        for model in EVIL:
+            rows += [
+                result(model=model, peak=100 * MiB, tps=1000.0, loss_delta=0.0, breakdown=cats),
+                result(
+                    model=model,
+                    techniques=(f"lora:targets={EVIL[1]}",),
+                    peak=60 * MiB,
+                    tps=900.0,
+                    loss_delta=0.1,
+                    breakdown=cats,
+                ),
+                result(model=model, techniques=("checkpoint",), peak=70 * MiB, tps=800.0),
+                result(
+                    model=model,
+                    techniques=("checkpoint", f"lora:targets={EVIL[1]}"),
+                    peak=40 * MiB,
+                    tps=700.0,
+                ),
+                result(model=model, batch=4, peak=180 * MiB, tps=1500.0),
+            ]
+        make_run(st_, rows, run_id=rid)
+    for night in range(3):
+        make_run(st_, [result(model=EVIL[0], peak=(100 + night) * MiB)], kind="nightly")
+    make_run(
+        st_,
+        [result(model=EVIL[1], peak=MiB, timeline=[[0.0, MiB], [1.0, 2 * MiB]])],
+        run_id="evil-timeline",
+    )
+    st_.close()
+    return str(path)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_labels_with_markup_are_escaped_in_every_chart(monkeypatch, evil_url, page):
+    at = _app(monkeypatch, evil_url, page)
+    _ok(at)
+    if page == "timeline":
+        at.selectbox(key="w_run").set_value("evil-timeline").run()
+    specs = [e.proto.spec for e in at.get("plotly_chart")]
+    if page != "estimate":
+        assert specs, f"{page} drew no chart"
+    for spec in specs:
+        low = spec.lower()
+        assert "<script" not in low and "<img" not in low and 'onerror="' not in low, page
+    if page in ("overview", "breakdown", "scaling", "explore", "combinations", "compare"):
+        assert any("&lt;script&gt;" in s or "&lt;img" in s for s in specs), page

@@ -12,9 +12,20 @@ st.title("Compare")
 C.store()
 C.require_results()
 
+# by default: the newest run with baselines (B) against the run of the same suite before it (A)
+runs = C.cached(Q.runs_frame).to_dict("records")
+b_at = Q.default_run(C.cached(Q.runs_frame))
+a_at = next(
+    (
+        i
+        for i in range(b_at + 1, len(runs))
+        if (runs[i]["suite"], runs[i]["kind"]) == (runs[b_at]["suite"], runs[b_at]["kind"])
+    ),
+    b_at + 1,
+)
 c1, c2, c3 = st.columns([2, 2, 1])
-run_a = C.run_picker("run A (before)", key="cmp_a", default_index=1, container=c1)
-run_b = C.run_picker("run B (after)", key="cmp_b", default_index=0, container=c2)
+run_a = C.run_picker("run A (before)", key="cmp_a", default_index=a_at, container=c1)
+run_b = C.run_picker("run B (after)", key="cmp_b", default_index=b_at, container=c2)
 metric = C.metric_picker(container=c3)
 
 if run_a == run_b:

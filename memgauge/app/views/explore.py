@@ -21,7 +21,7 @@ side.header("Filters")
 picked = side.multiselect(
     "runs",
     runs["id"].tolist(),
-    default=runs["id"].tolist()[:1],
+    default=runs["id"].tolist()[Q.default_run(runs) :][:1],
     format_func=labels.get,
     key="f_runs",
     help="empty = every run (slower on a large store)",
