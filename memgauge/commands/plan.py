@@ -14,6 +14,11 @@ from typing import Any
 from memgauge.estimate.plan import OBJECTIVES, Plan, PlanQuery, plan, suite_toml
 
 
+def _short(text: str, width: int = 110) -> str:
+    """A reason on one line, cut at `width` characters (the JSON keeps it whole)."""
+    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
+
+
 def _ratio(v: float | None) -> str:
     return "—" if v is None else f"×{v:.2f}"
 
@@ -77,7 +82,7 @@ def format_plan(p: Plan) -> str:
             )
         )
     if untraced:
-        reasons = sorted({c.traced_reason or "" for c in untraced})
+        reasons = sorted({_short(c.traced_reason or "") for c in untraced})
         lines += textwrap.wrap(
             "analytic only: "
             + ", ".join(f"#{p.candidates.index(c) + 1}" for c in untraced)
@@ -131,7 +136,7 @@ def format_plan(p: Plan) -> str:
     lines += textwrap.wrap(
         f"planned in {s['total']:.1f} s, {s['since_start']:.1f} s since the command started "
         f"(enumerate {s['enumerate']:.1f}, estimate {s['estimate']:.1f}, evidence "
-        f"{s['evidence']:.1f}, imports {s['import']:.1f}, trace {s['trace']:.1f}, capacity "
+        f"{s['evidence']:.1f}, trace {s['trace']:.1f}, capacity "
         f"{s['capacity']:.1f})",
         width=100,
         initial_indent="  ",
@@ -224,8 +229,8 @@ def register(subparsers: Any) -> None:
         "--time-limit",
         type=float,
         default=52.0,
-        help="seconds for the command: traced confirmations of the top candidates start only "
-        "while they are expected to end within it (default 52)",
+        help="seconds for the command: traced confirmations of the top candidates run until "
+        "then, the one running at the limit is stopped (default 52)",
     )
     p.add_argument("--no-trace", action="store_true", help="analytic estimates only")
     p.add_argument("--allow", action="append", metavar="T", help="enumerate a left-out technique")

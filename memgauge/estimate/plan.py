@@ -20,7 +20,8 @@
 5. Rank by the objective: measured evidence first (speed: highest ratio; quality: lowest cost),
    then unmeasured candidates by fewer techniques, then more headroom; memory: lowest peak.
 6. Confirm the top candidates with the traced estimate (`predict(trace=True)`, the numbers of
-   `memgauge estimate`), in rank order, while they are expected to end within the time limit; a candidate whose
+   `memgauge estimate`), in rank order, in a child process (TraceServer) started before the
+   enumeration, until the time limit: the trace still running then is stopped; a candidate whose
    traced peak does not fit is dropped (and said so).  Each candidate says whether its peak is
    traced or analytic only.
 7. Capacity of each candidate: the largest batch (at the planned sequence length) and sequence
@@ -89,8 +90,8 @@ class PlanQuery:
     top: int = 10
     max_techniques: int = 4
     time_limit: float = 52.0
-    """seconds for the whole plan: no traced confirmation starts that is expected to end after
-    it (0: analytic only)"""
+    """seconds for the whole plan (from `started`): traced confirmations run until then, the one
+    running at the limit is stopped (0: analytic only)"""
     allow: tuple[str, ...] = ()
     """technique names to enumerate although NOT_PLANNED or saving nothing"""
     exclude: tuple[str, ...] = ()
@@ -508,34 +509,116 @@ def _technique_devices(spec: str) -> tuple[str, ...]:
     return tuple(type(parse_technique(spec)).devices)
 
 
-def _cuda_traced(cell: Any) -> bool:
-    """Whether a trace of this cell runs on CUDA (a cuda cell where CUDA is available)."""
-    if not str(cell.device).startswith("cuda"):
-        return False
-    import torch
+class TraceServer:
+    """A child process that loads the tracing libraries once and traces the cells it is sent
+    (`predict(cell, trace=True)`, the numbers of `memgauge estimate`), one JSON line each way.
+    Started before the enumeration, so its imports overlap it; a trace still running at the
+    time limit is stopped by killing the child, never waited out."""
 
-    return bool(torch.cuda.is_available())
+    def __init__(self, preload: list[str]):
+        import os
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+        env.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "memgauge.estimate.plan", "--trace-server", *preload],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        self.info: dict[str, Any] | None = None
+
+    def _read(self, deadline: float) -> dict[str, Any] | None:
+        import json
+        import select
+
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0 or self.proc.stdout is None:
+            return None
+        ready, _, _ = select.select([self.proc.stdout], [], [], remaining)
+        if not ready:
+            return None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the trace process ended (exit code {self.proc.poll()})")
+        return json.loads(line)
+
+    def ready(self, deadline: float) -> dict[str, Any] | None:
+        """{'cuda': bool} once the libraries are loaded; None if not by the deadline."""
+        if self.info is None:
+            self.info = self._read(deadline)
+        return self.info
+
+    def trace(self, cell: Any, deadline: float) -> dict[str, Any] | None:
+        """{'pred': ..., 'seconds'} or {'error'}; None when it did not end by the deadline."""
+        import json
+
+        if self.ready(deadline) is None or self.proc.stdin is None:
+            return None
+        self.proc.stdin.write(json.dumps(cell.to_dict()) + "\n")
+        self.proc.stdin.flush()
+        return self._read(deadline)
+
+    def close(self) -> None:
+        import os
+        import signal
+
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f is not None:
+                f.close()
 
 
-def _load_tracing(q: PlanQuery, top: list[Candidate]) -> None:
-    """Import what the traces will (torch, FakeTensorMode's dynamo, the model's transformers
-    module, the top candidates' optional packages) once, so a trace's time is its own."""
+def _trace_server(preload: list[str]) -> int:
+    """The child's side of TraceServer."""
     import importlib
+    import json
+    import os
+    import sys
 
-    import memgauge.estimate.traced  # noqa: F401
-    from memgauge.techniques import parse_technique
-    from memgauge.workloads.zoo import resolve_model
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # whatever a library prints goes to stderr, not into the replies
+    try:
+        import ctypes
 
-    fam = resolve_model(q.model).family
-    mods = ["torch._dynamo", f"transformers.models.{fam}.modeling_{fam}"]
-    for c in top:
-        for t in c.techniques:
-            mods += [m for m in type(parse_technique(t)).requires if m not in mods]
-    for m in mods:
+        ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG = SIGKILL: never outlive the planner
+    except (OSError, AttributeError):
+        pass
+    for m in ["memgauge.estimate.traced", "torch._dynamo", *preload]:
         try:
             importlib.import_module(m)
-        except ImportError:  # a missing package: its trace says so
+        except ImportError:  # a missing package: the trace that needs it says so
             pass
+    import torch
+
+    from memgauge.cell import Cell
+    from memgauge.estimate.fits import predict
+
+    out.write(json.dumps({"cuda": bool(torch.cuda.is_available())}) + "\n")
+    out.flush()
+    for line in sys.stdin:
+        t = time.perf_counter()
+        try:
+            pred = predict(Cell.from_dict(json.loads(line)), trace=True)
+            msg: dict[str, Any] = {"pred": pred, "seconds": time.perf_counter() - t}
+        except Exception as exc:  # noqa: BLE001 - reported to the planner as this trace's reason
+            msg = {"error": f"{type(exc).__name__}: {exc}"}
+        out.write(json.dumps(msg, default=str) + "\n")
+        out.flush()
+    return 0
 
 
 def plan(
@@ -548,11 +631,33 @@ def plan(
     """Enumerate, estimate, rank, trace the top, size their capacity (module docstring).
     `started`: the `clock()` reading the time limit counts from (default: now; the command
     passes its process's start)."""
-    from memgauge.estimate.fits import predict
-
     t0 = clock()
     started = t0 if started is None else started
     base_cell = q.cell([])  # validates the workload once: bad input fails before the search
+    server = None
+    if q.time_limit > 0:
+        from memgauge.workloads.zoo import resolve_model
+
+        fam = resolve_model(q.model).family
+        server = TraceServer([f"transformers.models.{fam}.modeling_{fam}", "peft"])
+    try:
+        return _plan(q, base_cell, server, store, clock, started, t0)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _plan(
+    q: PlanQuery,
+    base_cell: Any,
+    server: TraceServer | None,
+    store: Any,
+    clock: Any,
+    started: float,
+    t0: float,
+) -> Plan:
+    from memgauge.estimate.fits import predict
+
     choices, excluded = technique_choices(q)
     combos = enumerate_combinations(choices, q.max_techniques)
     t1 = clock()
@@ -600,70 +705,91 @@ def plan(
     pool.sort(key=_rank_key(q.objective))
     t3 = clock()
 
-    tracing = q.time_limit > 0 and bool(pool)
-    if tracing:
-        _load_tracing(q, pool[: q.top])
+    tracing = q.time_limit > 0 and bool(pool) and server is not None
     t3i = clock()
-    # traced confirmation of the top, in rank order, while the time lasts: a trace starts only
-    # when it is expected to end within the time limit (expected: the longest trace so far;
-    # before the first, twice as long as loading the tracing libraries took: both scale with
-    # how busy the machine is)
+    # traced confirmation of the top, in rank order, until the time limit: the trace running
+    # then is stopped (the child is killed) and the rest stay analytic only
     deadline = started + q.time_limit - CAPACITY_RESERVE_S
-    longest = 2 * (t3i - t3)
     chosen: list[Candidate] = []
     untraceable: dict[frozenset[str], str] = {}  # technique names whose trace failed -> why
-    traced_once = False
-    for c in pool:
-        if len(chosen) >= q.top:
-            break
-        now = clock()
-        names = frozenset(t.split(":", 1)[0] for t in c.techniques)
-        cuda_only = sorted(
-            t.split(":", 1)[0] for t in c.techniques if "cpu" not in _technique_devices(t)
-        )
-        if names in untraceable:  # the same techniques with other options: it fails again
-            c.traced_reason = untraceable[names]
-        elif tracing and cuda_only and not _cuda_traced(base_cell):
-            c.traced_reason = (
-                f"not traced: {', '.join(cuda_only)} runs on CUDA only, and without CUDA here "
-                "the step would be traced on CPU"
+    limit_reason = f"not traced: the time limit ({q.time_limit:g} s) was reached"
+    try:
+        for c in pool:
+            if len(chosen) >= q.top:
+                break
+            names = frozenset(t.split(":", 1)[0] for t in c.techniques)
+            cuda_only = sorted(
+                t.split(":", 1)[0] for t in c.techniques if "cpu" not in _technique_devices(t)
             )
-        elif tracing and now + longest <= deadline:
-            cell = replace(base_cell, techniques=list(c.techniques))
-            pred = predict(cell, trace=True)
-            took = clock() - now
-            longest = took if not traced_once else max(longest, took)
-            traced_once = True
-            if pred["traced"] is not None:
-                tr = dict(pred["traced"])
-                c.traced_peak = int(tr.pop("peak"))
-                c.traced = tr
-                c.traced_reason = None
-                c.traced_seconds = round(took, 2)
-                c.notes += [n for n in pred["notes"] if n not in c.notes]
-                if c.traced_peak > q.budget:
-                    out.dropped.append(
-                        {
-                            "techniques": c.techniques,
-                            "analytic_peak": c.analytic_peak,
-                            "traced_peak": c.traced_peak,
-                            "traced_device": pred.get("traced_device"),
-                            "reason": "its traced peak exceeds the budget",
-                        }
-                    )
+            if not tracing:
+                c.traced_reason = (
+                    limit_reason
+                    if server is not None
+                    else "not traced (analytic only was asked for)"
+                )
+                chosen.append(c)
+                continue
+            if names in untraceable:  # the same techniques with other options: it fails again
+                c.traced_reason = untraceable[names]
+                chosen.append(c)
+                continue
+            if cuda_only and str(base_cell.device).startswith("cuda"):
+                info = server.ready(deadline)
+                if info is None:
+                    tracing = False
+                    c.traced_reason = limit_reason
+                    chosen.append(c)
                     continue
-            else:
+                if not info["cuda"]:
+                    c.traced_reason = (
+                        f"not traced: {', '.join(cuda_only)} runs on CUDA only, and without "
+                        "CUDA here the step would be traced on CPU"
+                    )
+                    chosen.append(c)
+                    continue
+            cell = replace(base_cell, techniques=list(c.techniques))
+            reply = server.trace(cell, deadline)
+            if reply is None:  # still tracing at the limit: stop it
+                server.close()
+                tracing = False
+                c.traced_reason = limit_reason
+                out.trace_stop = (
+                    f"the trace of {c.label} was stopped at the time limit ({q.time_limit:g} s)"
+                )
+                chosen.append(c)
+                continue
+            if "error" in reply:
+                c.traced_reason = f"trace failed: {reply['error']}"
+                untraceable[names] = c.traced_reason
+                chosen.append(c)
+                continue
+            pred = reply["pred"]
+            if pred["traced"] is None:
                 c.traced_reason = pred["traced_reason"]
                 untraceable[names] = c.traced_reason
-        elif not tracing:
-            c.traced_reason = "not traced (analytic only was asked for)"
-        else:
-            c.traced_reason = f"not traced: the time limit ({q.time_limit:g} s) was near"
-            out.trace_stop = (
-                f"no trace starts that would end after {q.time_limit:g} s of planning "
-                f"(expected {longest:.1f} s each)"
-            )
-        chosen.append(c)
+                chosen.append(c)
+                continue
+            tr = dict(pred["traced"])
+            c.traced_peak = int(tr.pop("peak"))
+            c.traced = tr
+            c.traced_reason = None
+            c.traced_seconds = round(float(reply["seconds"]), 2)
+            c.notes += [n for n in pred["notes"] if n not in c.notes]
+            if c.traced_peak > q.budget:
+                out.dropped.append(
+                    {
+                        "techniques": c.techniques,
+                        "analytic_peak": c.analytic_peak,
+                        "traced_peak": c.traced_peak,
+                        "traced_device": pred.get("traced_device"),
+                        "reason": "its traced peak exceeds the budget",
+                    }
+                )
+                continue
+            chosen.append(c)
+    finally:
+        if server is not None:
+            server.close()
     out.candidates = chosen
     t4 = clock()
 
@@ -694,7 +820,6 @@ def plan(
         "enumerate": round(t1 - t0, 3),
         "estimate": round(t2 - t1, 3),
         "evidence": round(t3 - t2, 3),
-        "import": round(t3i - t3, 3),
         "trace": round(t4 - t3i, 3),
         "capacity": round(t5 - t4, 3),
         "total": round(t5 - t0, 3),
@@ -824,3 +949,10 @@ def suite_toml(p: Plan, *, layers: int = 2, steps: int = 3) -> str:
     lines += [f"  {_toml(s)}," for s in sets]
     lines.append("]")
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] == ["--trace-server"]:
+        raise SystemExit(_trace_server(sys.argv[2:]))

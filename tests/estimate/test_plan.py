@@ -256,3 +256,20 @@ def test_bad_input_is_exit_2(args: list[str], message: str, capsys) -> None:
     assert main(["plan", "--model", "llama-tiny", "--mode", "train", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_the_time_limit_stops_a_running_trace() -> None:
+    """Loading the tracing libraries and tracing Llama-3-8B take longer than this limit leaves
+    on this machine: the trace is stopped (its child process killed), the plan returns in
+    time, and every untraced candidate says why."""
+    import time
+
+    started = time.perf_counter()
+    q = PlanQuery(
+        model="llama-3-8b", mode="train", budget=24 * GiB, seq_len=2048, top=3, time_limit=14
+    )
+    p = plan(q, started=started)
+    took = time.perf_counter() - started
+    assert took < 14 + 3, p.seconds
+    assert len(p.candidates) == 3
+    assert all(c.traced_reason for c in p.candidates if c.traced_peak is None)
