@@ -39,6 +39,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from memgauge.workloads.pretrained import PretrainConfig, pretrain, read_meta
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    # the CLI has configured logging at WARNING already: training progress is this command's
+    logging.getLogger("memgauge.pretrained").setLevel(logging.INFO)
     try:
         cfg = PretrainConfig(
             model=args.model,

@@ -59,12 +59,18 @@ def cache_dir() -> Path:
 
 
 def code_hash() -> str:
-    """Hash of the code that decides what a trained checkpoint contains."""
+    """Hash of what decides a trained checkpoint's contents: the recipe and the training loop
+    (not the rest of this module), how a spec becomes a model, and the corpus text itself (it
+    is the standard library's docstrings, so a new Python is a new corpus)."""
+    import inspect
+
     from memgauge.workloads import data, zoo
 
     h = hashlib.sha256()
-    for mod_file in (__file__, data.__file__, zoo.__file__):
-        h.update(Path(mod_file).read_bytes())
+    for obj in (PretrainConfig, heldout_loss, pretrain, zoo.build_config, zoo.build_model):
+        h.update(inspect.getsource(obj).encode())
+    for split in ("train", "heldout"):
+        h.update(hashlib.sha256(data.corpus_split(split)).digest())
     return h.hexdigest()[:12]
 
 
@@ -283,3 +289,35 @@ def main() -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+RANDOM_REASON = 'weights = "random": a seeded random init (the suites use weights = "trained")'
+
+
+def apply_weights(wl: Any, cell: Any, root: Path | None = None) -> dict[str, Any]:
+    """Give the built model its cell's weights and say what they are: the `quality` fields
+    `basis` (`trained` | `random-init`), `checkpoint` (identity) or `basis_reason`."""
+    spec = wl.spec
+    if spec.checkpoint:  # a local checkpoint folder: its own weights, whatever they are
+        folder = Path(spec.checkpoint)
+        ident = (
+            identity(folder)
+            if (folder / META).is_file()
+            else {"name": folder.name, "path": str(folder)}
+        )
+        return {"basis": "trained", "checkpoint": ident}
+    if getattr(cell, "weights", "random") != "trained":
+        return {"basis": "random-init", "basis_reason": RANDOM_REASON}
+    folder = trained_checkpoint(spec, root)
+    if folder is None:
+        return {
+            "basis": "random-init",
+            "basis_reason": (
+                f"no trained checkpoint of this architecture ({spec.name}"
+                + (", tied" if spec.tie else "")
+                + f") in {(root or cache_dir()) / 'pretrained'}; a sweep trains it first, or "
+                "run `memgauge pretrain`"
+            ),
+        }
+    load_weights(wl.model, folder)
+    return {"basis": "trained", "checkpoint": identity(folder)}
