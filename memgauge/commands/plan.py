@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from memgauge.estimate.plan import OBJECTIVES, Plan, PlanQuery, plan, suite_toml
+from memgauge.result import DTYPES, MODES
 
 
 def _short(text: str, width: int = 110) -> str:
@@ -213,11 +214,11 @@ def register(subparsers: Any) -> None:
         "plan", help="which technique combinations fit a budget, and what they cost"
     )
     p.add_argument("--model", required=True, help="zoo name, checkpoint folder or inline spec")
-    p.add_argument("--mode", required=True, choices=("train", "prefill", "decode"))
+    p.add_argument("--mode", required=True, choices=MODES)
     p.add_argument("--budget", required=True, help="memory budget: 24GiB, 80GB or a GPU name")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--seq", type=int, default=2048, help="sequence length (prompt for decode)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--device", default="cuda", help="cuda (default), cuda:N, cpu or auto")
     p.add_argument("--decode-tokens", type=int, default=16)
     p.add_argument("--objective", default="speed", choices=OBJECTIVES)
