@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from memgauge.results.report import charts, tables
 from memgauge.results.report.charts import prediction_figure
 from memgauge.results.report.export import write_csv, write_json, write_parquet
 from memgauge.results.report.html import render_html
@@ -28,7 +29,6 @@ from memgauge.results.report.tables import (
     REPORT_SCHEMA,
     ReportData,
     budget_table,
-    build_report,
     flat_rows,
     prediction_table,
 )
@@ -54,6 +54,25 @@ __all__ = [
     "write_pngs",
     "write_report",
 ]
+
+
+def build_report(
+    store: Store,
+    *,
+    run_id: str | None = None,
+    vs: str | None = None,
+    budgets: list[int] | None = None,
+    nightly: Any = None,
+    draw: bool = True,
+    gates: list[str] | None = None,
+) -> ReportData:
+    """Every table (`tables.build_report`) and, with `draw`, every figure of the report."""
+    data = tables.build_report(
+        store, run_id=run_id, vs=vs, budgets=budgets, nightly=nightly, gates=gates
+    )
+    if draw:
+        data.figures = charts.draw(store, data, *data.draw_inputs)
+    return data
 
 
 def write_report(

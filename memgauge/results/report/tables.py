@@ -63,6 +63,8 @@ class ReportData:
     warnings: list[str] = field(default_factory=list)
     figures: dict[str, list[Any]] = field(default_factory=dict)
     """section key -> plotly figures drawn for it"""
+    draw_inputs: tuple[Any, ...] = ()
+    """what the charts are drawn from besides the tables (per-workload frames, the comparison)"""
 
 
 # -- small helpers --------------------------------------------------------------------------------
@@ -209,11 +211,11 @@ def build_report(
     vs: str | None = None,
     budgets: list[int] | None = None,
     nightly: Any = None,
-    draw: bool = True,
     gates: list[str] | None = None,
 ) -> ReportData:
-    """Every table (and, with `draw`, every figure) of the report for run `run_id` (default:
-    the newest run); `vs` adds the comparison with that older run."""
+    """Every table of the report for run `run_id` (default: the newest run); `vs` adds the
+    comparison with that older run.  The charts are drawn from it by
+    `memgauge.results.report.build_report` (charts import tables, not the other way round)."""
     from memgauge.results import queries as Q
 
     if run_id is None:
@@ -262,8 +264,5 @@ def build_report(
         gates = json.loads(run.get("config_json") or "{}").get("gates")
         nightly = evaluate(store, run_id, parse_gates(gates) if gates else None)
     data.nightly = nightly
-    if draw:
-        from memgauge.results.report.charts import draw
-
-        data.figures = draw(store, data, per_workload, cmp_df)
+    data.draw_inputs = (per_workload, cmp_df)
     return data
