@@ -51,6 +51,8 @@ class Cell:
     """`random` (seeded random init) or `trained`: the zoo model trained on the text corpus by
     `memgauge pretrain` (cached; the sweep trains what is missing first), so quality means
     something; see `quality.basis`"""
+    trace: bool = True
+    """store the traced estimate beside the measurement (capacity probes skip it)"""
 
     def key_fields(self) -> dict[str, Any]:
         return {

@@ -54,10 +54,12 @@ CPU the quality pass's held-out tokens) are `other`.  GiB = 1024**3 bytes throug
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from memgauge.result import CATEGORIES
+from memgauge.workloads.build import INPUT_BATCHES, resident_input_shapes
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -414,11 +416,12 @@ def base_estimate(cell: Any, spec: Any) -> Estimate:
     est.opt_extra_bytes = 4 * est.param_tensors  # AdamW's fp32 `step` per tensor
     # RoPE inv_freq and original_inv_freq buffers (fp32, head_dim/2 each)
     est.buffer_bytes = 2 * (spec.head_dim // 2) * 4 if spec.family == "llama" else 0
-    # the worker keeps two fixed batches (B, s+1) on the device, and the quality pass's
-    # held-out tokens on the host (counted on CPU only)
-    est.other_bytes = 2 * cell.batch * (cell.seq_len + 1) * _INT64
+    # what the worker keeps alive (memgauge.workloads.build): the fixed batches on the device,
+    # and the quality pass's held-out tokens on the host (counted on CPU only)
+    shapes = resident_input_shapes(cell)
+    est.other_bytes = INPUT_BATCHES * math.prod(shapes.batches) * _INT64
     if not est.device.startswith("cuda"):
-        est.other_bytes += min(cell.batch, 4) * (min(cell.seq_len, 128) + 1) * _INT64
+        est.other_bytes += math.prod(shapes.held_out) * _INT64
     return est
 
 

@@ -18,7 +18,6 @@ the planner (memgauge/estimate/plan.py: estimate-only searches, `confirm=False`)
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -264,12 +263,4 @@ def _run_probe(
     from memgauge.workloads.isolate import run_isolated
 
     # probes measure; the worker's own traced prediction is not needed here (the estimate is)
-    old = os.environ.get("MEMGAUGE_TRACE")
-    os.environ["MEMGAUGE_TRACE"] = "0"
-    try:
-        return (runner or run_isolated)(cell)
-    finally:
-        if old is None:
-            os.environ.pop("MEMGAUGE_TRACE", None)
-        else:
-            os.environ["MEMGAUGE_TRACE"] = old
+    return (runner or run_isolated)({**cell, "trace": False})

@@ -1,9 +1,9 @@
 """Traced memory estimate: the worker's real step, run on fake tensors.
 
-The model is built, the techniques applied and the step run exactly as the worker does
-(memgauge.workloads.worker.build_workload, each technique's before_build/apply,
-memgauge.workloads.steps.make_step), but inside `torch._subclasses.fake_tensor.FakeTensorMode`:
-every tensor has a shape, a dtype, a device and a storage size, and none has data.  The storage
+The cell is set up and the step run exactly as the worker does
+(memgauge.workloads.build.prepare, memgauge.workloads.steps.make_step,
+memgauge.profilers.breakdown.measure_breakdown), but inside
+`torch._subclasses.fake_tensor.FakeTensorMode`: every tensor has a shape, a dtype, a device and a storage size, and none has data.  The storage
 tracker that measures real steps (memgauge.profilers.breakdown.BreakdownTracker) runs on top, so
 the estimate is the same bytes-by-category-at-the-peak as a measured breakdown.  Nothing the size
 of the model is allocated: a Llama-3-8B training step is traced in a few hundred MiB of host
@@ -42,7 +42,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from memgauge.profilers.breakdown import BreakdownTracker, cache_tensors
+from memgauge.profilers.breakdown import BreakdownTracker
 
 # What a CPU trace of a CUDA cell leaves out (stated with every such estimate).
 CUDA_NOT_MODELLED = (
@@ -218,74 +218,57 @@ def trace_cell(cell: Any) -> dict[str, Any]:
     Raises TraceUnsupported when the cell cannot run here or cannot be traced (the reason says
     which technique or kernel)."""
     from memgauge.cell import Cell
+    from memgauge.profilers.breakdown import measure_breakdown
     from memgauge.techniques import Unsupported, parse_techniques
-    from memgauge.workloads.data import synthetic_batch
+    from memgauge.workloads.build import (
+        CellError,
+        check_supported,
+        param_counts,
+        prepare,
+        resident_inputs,
+    )
     from memgauge.workloads.steps import make_step
-    from memgauge.workloads.worker import CellError, _check_shape, build_workload
 
     if isinstance(cell, dict):
         cell = Cell.from_dict(cell)
     t0 = time.perf_counter()
     techniques = parse_techniques(list(cell.techniques))
-    for t in techniques:
-        reason = t.unsupported_reason(mode=cell.mode, device=cell.device, dtype=cell.dtype)
-        if reason:
-            raise TraceUnsupported(reason)
+    try:
+        check_supported(cell, techniques)
+    except Unsupported as exc:
+        raise TraceUnsupported(str(exc)) from None
     dev, notes = _trace_device(cell)
     fake = FakeTensorMode()
     _strong_memo(fake)
-    stage = "build"
+    stages = ["build"]
     try:
         with _real_mask_decisions():
             with fake, FakeBreakdownTracker(fake, dev.type):  # answers .item() during the build
-                wl = build_workload(cell, techniques, dev)
-                _check_shape(cell, wl.spec)
-                stage = "apply techniques"
-                for t in techniques:
-                    t.apply(wl)
-                if cell.mode == "train":
-                    stage = "build the optimizer"
-                    wl.optimizer = wl.optimizer_factory(wl.trainable_parameters())
+                wl = prepare(cell, dev, techniques=techniques, stage=stages.append)
             _weak_memo(fake)  # drop what the build replaced (peft's moved adapters)
-            params = {
-                "total": sum(p.numel() for p in {id(p): p for p in wl.model.parameters()}.values()),
-                "trainable": sum(p.numel() for p in wl.trainable_parameters()),
-            }
-            # what the worker keeps alive on the device while it measures: two fixed batches
-            # and, on the host, the held-out tokens of the quality pass (see worker._run)
-            data = [
-                fake.from_tensor(
-                    synthetic_batch(
-                        cell.batch, cell.seq_len, wl.spec.vocab, seed=cell.seed, step=i
-                    ).to(dev)
-                )
-                for i in range(2)
-            ]
-            held_out = fake.from_tensor(  # noqa: F841 - alive during the traced step on purpose
-                torch.zeros(min(cell.batch, 4), min(cell.seq_len, 128) + 1, dtype=torch.int64)
-            )
+            params = param_counts(wl)
+            # what the worker keeps alive while it measures (memgauge.workloads.build): the
+            # fixed batches on the device and the quality pass's held-out tokens on the host
+            real = resident_inputs(cell, wl.spec.vocab, dev, text=False)
+            data = [fake.from_tensor(b) for b in real.batches]
+            held_out = fake.from_tensor(real.held_out)  # noqa: F841 - alive during the step
+            del real
             step = make_step(wl, lambda i: data[i % 2], cell.decode_tokens, None)
             # one warm-up step: the measured step runs after warm-up, with optimizer state
             # (created lazily by the first step) already alive and no gradients
-            stage = "warm-up step"
+            stages.append("warm-up step")
             with fake, FakeBreakdownTracker(fake, dev.type):
                 step(0)
-            if wl.optimizer is not None and not wl.fused_optimizer_step:
-                wl.optimizer.zero_grad(set_to_none=True)
-            wl.last_cache = None
-            stage = "traced step"
-            tracker = FakeBreakdownTracker(fake, dev.type)
-            tracker.register_existing(wl.model, wl.optimizer)
-            wl.cache_observer = lambda c: tracker.label(cache_tensors(c), "kv_cache")
-            with fake, tracker:
-                step(1)
-            tracker.relabel_after(wl.model, wl.optimizer, cache_tensors(wl.last_cache))
+            stages.append("traced step")
+            tracker = measure_breakdown(
+                wl, lambda: step(1), tracker=FakeBreakdownTracker(fake, dev.type), context=fake
+            )
     except (Unsupported, CellError) as exc:
         raise TraceUnsupported(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - a kernel that needs data: say which, don't guess
         names = "+".join(cell.techniques) or "baseline"
         raise TraceUnsupported(
-            f"cannot trace {names} under FakeTensorMode ({stage}): {_why(exc)}"
+            f"cannot trace {names} under FakeTensorMode ({stages[-1]}): {_why(exc)}"
         ) from None
     out = {
         "breakdown": tracker.at_peak(),

@@ -18,9 +18,10 @@ traced estimator reuses it.  Slow (Python per op): never in the timing pass.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -263,3 +264,34 @@ def cache_tensors(cache: Any) -> list[torch.Tensor]:
 
     walk(cache, 0)
     return out
+
+
+def measure_breakdown(
+    wl: Any,
+    run_step: Callable[[], Any],
+    *,
+    tracker: BreakdownTracker | None = None,
+    context: Any = None,
+) -> BreakdownTracker:
+    """Run one step of a workload under the storage tracker and label what it left.
+
+    The step starts quiesced (no gradients or cache of the step before: the tracker must see
+    their frees, or they must be gone); the model and optimizer state alive before it are
+    registered, FSDP's in-place resized buffers watched, the KV cache labelled as the step makes
+    it and the gradients / optimizer state / cache relabelled after it.  `tracker` may be a
+    subclass (the traced estimate's fake-tensor tracker); `context` is entered around the step
+    with the tracker (the fake mode).  Returns the tracker (`at_peak()`, `peak`, `timeline`)."""
+    wl.quiesce()
+    tracker = tracker if tracker is not None else BreakdownTracker(wl.device.type)
+    tracker.register_existing(wl.model, wl.optimizer)
+    if wl.resizable_storages is not None:
+        for category, tensors in wl.resizable_storages().items():
+            tracker.watch_resizable(tensors, category)
+    wl.cache_observer = lambda c: tracker.label(cache_tensors(c), "kv_cache")
+    try:
+        with context if context is not None else contextlib.nullcontext(), tracker:
+            run_step()
+        tracker.relabel_after(wl.model, wl.optimizer, cache_tensors(wl.last_cache))
+    finally:
+        wl.cache_observer = None
+    return tracker

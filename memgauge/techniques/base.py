@@ -84,6 +84,10 @@ class Technique:
         (checked with the cell's other input, before a worker starts), or None."""
         return None
 
+    def launch_world_size(self) -> int:
+        """How many processes the cell needs (the launcher starts them under torchrun)."""
+        return 1
+
     # -- hooks ---------------------------------------------------------------------------------
     def before_build(self, build: BuildOptions) -> None:
         """Change how the model is built (attention implementation, architecture fields)."""

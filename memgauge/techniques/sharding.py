@@ -54,7 +54,6 @@ class FSDP(Technique):
                 raise ValueError(f"{f} must be true or false, got {getattr(self, f)!r}")
 
     def launch_world_size(self) -> int:
-        """How many processes the isolation layer starts for the cell."""
         return self.world_size
 
     def extra_unsupported_reason(self, *, mode: str, device: str, dtype: str) -> str | None:

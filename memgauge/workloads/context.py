@@ -57,6 +57,16 @@ class Workload:
     step_wrappers: list[Callable[[Callable[[], Any]], Callable[[], Any]]] = field(
         default_factory=list
     )
+    resizable_storages: Callable[[], dict[str, list[torch.Tensor]]] | None = None
+    """tensors whose storage is resized in place (FSDP2's gathered parameters), by category:
+    the breakdown tracker polls them"""
+
+    def quiesce(self) -> None:
+        """Drop the last step's gradients and KV cache, so that a measured step starts as a
+        step of a training loop or a server does (without them) and their frees are not in it."""
+        if self.optimizer is not None and not self.fused_optimizer_step:
+            self.optimizer.zero_grad(set_to_none=True)
+        self.last_cache = None
 
     @property
     def head(self) -> torch.nn.Module:

@@ -43,7 +43,7 @@ PER_RANK_FIELDS = (
 
 # -- the launcher side (no torch) -------------------------------------------------------------
 def world_size(cell: dict[str, Any]) -> int:
-    """How many processes the cell needs (1 unless a technique says `launch_world_size`)."""
+    """How many processes the cell needs (the most any of its techniques asks for)."""
     from memgauge.spec import SpecError
     from memgauge.techniques import parse_techniques
 
@@ -55,7 +55,7 @@ def world_size(cell: dict[str, Any]) -> int:
     for t in techniques:
         if cell.get("mode") not in t.modes:  # one plain worker says `unsupported`, no torchrun
             continue
-        n = max(n, int(getattr(t, "launch_world_size", lambda: 1)()))
+        n = max(n, int(t.launch_world_size()))
     return n
 
 

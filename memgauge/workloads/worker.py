@@ -3,14 +3,18 @@
 Run as `python -m memgauge.workloads.worker` by the isolation layer (memgauge.workloads.isolate):
 the cell arrives as JSON on stdin, the result leaves as one JSON line on stdout, logs go to stderr.
 
-Passes, in order (the slow ones never share a pass with timing):
-1. build the model (seeded), take reference logits for inference quality, apply techniques;
-2. warm-up, then the timing pass with the cheap profilers (CUDA allocator, NVML sampler, host
-   peak RSS): step-time quantiles and tokens/s;
-3. CPU: one step under torch.profiler memory events (tensor peak);
-4. the breakdown pass: one step under the storage tracker (bytes by category at the peak);
-5. the quality pass: training loss on real text (train) or logit fidelity and perplexity against
-   the unmodified model (prefill/decode).
+`_run` is a short sequence of named passes, in order (the slow ones never share a pass with
+timing), sharing one `_Run`:
+- `_setup`: the cell prepared on its device (memgauge.workloads.build.prepare: build, techniques,
+  optimizer), for inference the unmodified model's logits taken first, the resident inputs made;
+- `_warmup`, then `_timing_pass` with the cheap profilers (CUDA allocator, NVML sampler, host
+  peak RSS): step-time quantiles and tokens/s;
+- `_cpu_peak_pass` (CPU): one step under torch.profiler memory events (tensor peak);
+- `_breakdown_pass`: one step under the storage tracker (profilers.breakdown.measure_breakdown);
+- `_steady_pass`: model state after the last step;
+- `_quality_pass`: training loss on real text (train) or logit fidelity and perplexity against
+  the unmodified model (prefill/decode);
+- `_prediction_pass`: the analytic and (unless the cell says `trace=False`) traced estimates.
 """
 
 from __future__ import annotations
@@ -25,13 +29,30 @@ import signal
 import sys
 import time
 import traceback
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from memgauge.cell import Cell
+from memgauge.result import empty_result
+from memgauge.workloads.build import (
+    CellError,
+    ResidentInputs,
+    build_workload,
+    changes_build,
+    check_supported,
+    held_out_tokens,
+    param_counts,
+    prepare,
+    resident_inputs,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from memgauge.workloads.context import Workload
+
+__all__ = ["main", "run_cell"]
 
 log = logging.getLogger("memgauge.worker")
-
-
-class CellError(Exception):
-    """A problem with the cell itself (bad input for this model): status `error`."""
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -51,12 +72,6 @@ def _set_mem_limit(limit: int | None, device: str) -> None:
     # CPU: an address-space limit; CUDA cells are limited on the device instead (see _run)
     if limit and not str(device).startswith("cuda"):
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-
-def _dtype(name: str) -> Any:
-    import torch
-
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 def _device(cell: Any) -> Any:
@@ -87,42 +102,6 @@ def _quiet():
         yield
     finally:
         sys.stdout = saved
-
-
-def build_workload(cell: Any, techniques: list[Any], dev: Any) -> Any:
-    """Build the model per the cell and its techniques' build options (no techniques applied)."""
-    from memgauge.workloads.context import BuildOptions, Workload
-    from memgauge.workloads.zoo import build_model, resolve_model
-
-    spec = resolve_model(cell.model)
-    dtype = _dtype(cell.dtype)
-    build = BuildOptions(spec=spec, param_dtype=dtype)
-    for t in techniques:
-        t.before_build(build)
-    model = build_model(
-        build.spec,
-        device=dev,
-        dtype=build.param_dtype,
-        seed=cell.seed,
-        attn_implementation=build.attn_implementation,
-    )
-    if cell.mode == "train":
-        model.train()
-    else:
-        model.eval()
-    return Workload(
-        spec=build.spec, model=model, hf_model=model, device=dev, dtype=dtype, mode=cell.mode
-    )
-
-
-def _check_shape(cell: Any, spec: Any) -> None:
-    total = cell.seq_len + (cell.decode_tokens if cell.mode == "decode" else 0)
-    if total > spec.max_pos:
-        raise CellError(
-            f"seq_len {cell.seq_len}"
-            + (f" + decode_tokens {cell.decode_tokens}" if cell.mode == "decode" else "")
-            + f" exceeds the model's max positions ({spec.max_pos})"
-        )
 
 
 def _cached_logits(wl: Any, ids: Any) -> Any:
@@ -180,7 +159,6 @@ def _inference_quality(wl: Any, cell: Any, ref_logits: Any, tokens: Any) -> dict
 def run_cell(cell_dict: dict[str, Any]) -> dict[str, Any]:
     """Measure one cell in this process; always returns a result dict (status says how it went)."""
     from memgauge.cell import Cell
-    from memgauge.result import empty_result
     from memgauge.techniques import Unsupported
 
     result = empty_result(Cell.from_dict(cell_dict))
@@ -200,86 +178,114 @@ def run_cell(cell_dict: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+@dataclass(slots=True)
+class _Run:
+    """What the passes of one cell share."""
+
+    cell: Cell
+    result: dict[str, Any]
+    wl: Workload
+    dev: Any
+    sync: Callable[[], None]
+    inputs: ResidentInputs
+    step: Callable[[int], Any]
+    token_times: list[float]
+    ref_logits: Any
+    next_step: int = 0
+    """index of the next step (each pass runs fresh steps of the same fixed batches)"""
+
+    def run_step(self) -> None:
+        self.step(self.next_step)
+        self.next_step += 1
+
+
 def _run(cell_dict: dict[str, Any], result: dict[str, Any]) -> None:
+    """The passes, in order; each fills its part of `result`."""
     import torch
 
-    from memgauge.cell import Cell
-    from memgauge.profilers.breakdown import BreakdownTracker, cache_tensors
-    from memgauge.profilers.cpu_peak import CpuTensorPeak
-    from memgauge.profilers.host import HostPeak
-    from memgauge.profilers.live import unique_bytes
-    from memgauge.profilers.nvml import NvmlSampler
-    from memgauge.profilers.timing import StepTimer, downsample_timeline
     from memgauge.results.provenance import collect_env
-    from memgauge.techniques import Technique, parse_techniques
-    from memgauge.workloads.data import corpus_batch, synthetic_batch
-    from memgauge.workloads.steps import make_step, train_step
+    from memgauge.techniques import parse_techniques
 
     cell = Cell.from_dict(cell_dict)
     result["env"] = collect_env(torch_loaded=True, device=cell.device)
     result["env"]["workload_version"] = cell.code_version  # the code this cell runs
     techniques = parse_techniques(cell.techniques)
-    for t in techniques:
-        reason = t.unsupported_reason(mode=cell.mode, device=cell.device, dtype=cell.dtype)
-        if reason:
-            result["status"], result["error"] = "unsupported", reason
-            return
-
+    check_supported(cell, techniques)
     torch.manual_seed(cell.seed)
+    run = _setup(cell, techniques, result)
+    _warmup(run)
+    _timing_pass(run)
+    if run.dev.type == "cpu":
+        _cpu_peak_pass(run)
+    run.wl.last_cache = None
+    if cell.breakdown:
+        _breakdown_pass(run)
+    _steady_pass(run)
+    _quality_pass(run)
+    _prediction_pass(run, techniques)
+    result["status"] = "ok"
+
+
+def _setup(cell: Cell, techniques: list[Any], result: dict[str, Any]) -> _Run:
+    """Prepare the cell on its device (memgauge.workloads.build) and, for inference, take the
+    unmodified model's logits on the held-out text first (quality's reference)."""
+    import torch
+
+    from memgauge.workloads.steps import make_step
+
     dev = _device(cell)
     if dev.type == "cuda" and cell.mem_limit:
         # the GPU analogue of the CPU address-space limit (RELIABILITY F3)
         total = torch.cuda.get_device_properties(dev).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, cell.mem_limit / total), dev)
-    wl = build_workload(cell, techniques, dev)
-    _check_shape(cell, wl.spec)
+    ref: dict[str, Any] = {}
 
-    vocab = wl.spec.vocab
-    text_ok = vocab >= 256
-    quality_tokens = (
-        corpus_batch("heldout", min(cell.batch, 4), min(cell.seq_len, 128), vocab=vocab)
-        if text_ok
-        else synthetic_batch(min(cell.batch, 4), min(cell.seq_len, 128), vocab, seed=cell.seed + 1)
-    )
-    ref_logits = None
-    if cell.mode != "train":  # the unmodified model's logits, for KL / top-1 agreement
-        ref_wl = wl
-        if any(type(t).before_build is not Technique.before_build for t in techniques):
-            # the technique changes the architecture: the reference is the baseline's model
-            ref_wl = build_workload(cell, [], dev)
+    def reference(wl: Workload) -> None:
+        ref["held_out"] = held_out_tokens(cell, wl.spec.vocab)[0]
+        if cell.mode == "train":
+            return
+        # a technique that changes the architecture: the reference is the baseline's model
+        ref_wl = build_workload(cell, [], dev) if changes_build(techniques) else wl
         with torch.no_grad():
-            out = ref_wl.model(input_ids=quality_tokens[:, :-1].to(dev), use_cache=False)
+            out = ref_wl.model(input_ids=ref["held_out"][:, :-1].to(dev), use_cache=False)
             # kept as a numpy copy: not a torch tensor, so not counted in the measured peaks
-            ref_logits = out.logits.float().cpu().numpy().copy()
+            ref["logits"] = out.logits.float().cpu().numpy().copy()
             del out, ref_wl
 
-    for t in techniques:
-        t.apply(wl)
-    if cell.mode == "train":
-        wl.optimizer = wl.optimizer_factory(wl.trainable_parameters())
-
-    result["params"] = {
-        "total": sum(p.numel() for p in {id(p): p for p in wl.model.parameters()}.values()),
-        "trainable": sum(p.numel() for p in wl.trainable_parameters()),
-    }
+    wl = prepare(cell, dev, techniques=techniques, before_apply=reference)
+    # one fixed pair of batches on the device: data loading is not what is measured
+    inputs = resident_inputs(cell, wl.spec.vocab, dev, held_out=ref["held_out"])
+    result["params"] = param_counts(wl)
     result["notes"] = list(wl.notes)
-
-    # One fixed batch on the device: data loading is not what we measure.
-    data = [
-        synthetic_batch(cell.batch, cell.seq_len, vocab, seed=cell.seed, step=i).to(dev)
-        for i in range(2)
-    ]
     token_times: list[float] = []
-    step = make_step(wl, lambda i: data[i % 2], cell.decode_tokens, token_times)
-    sync = _sync_fn(dev)
+    step = make_step(wl, inputs.batch, cell.decode_tokens, token_times)
+    return _Run(
+        cell=cell,
+        result=result,
+        wl=wl,
+        dev=dev,
+        sync=_sync_fn(dev),
+        inputs=inputs,
+        step=step,
+        token_times=token_times,
+        ref_logits=ref.get("logits"),
+    )
 
-    # -- warm-up ------------------------------------------------------------------------------
-    for i in range(cell.warmup):
-        step(i)
-    sync()
-    token_times.clear()
 
-    # -- timing pass with the cheap profilers -------------------------------------------------
+def _warmup(run: _Run) -> None:
+    for _ in range(run.cell.warmup):
+        run.run_step()
+    run.sync()
+    run.token_times.clear()
+
+
+def _timing_pass(run: _Run) -> None:
+    """Timed steps with only the cheap profilers on: allocator stats, NVML, host peak RSS."""
+    from memgauge.profilers.host import HostPeak
+    from memgauge.profilers.nvml import NvmlSampler
+    from memgauge.profilers.timing import StepTimer
+
+    cell, dev, result = run.cell, run.dev, run.result
     host = HostPeak()
     nvml = NvmlSampler(dev.index or 0) if dev.type == "cuda" else None
     cuda_alloc = None
@@ -291,8 +297,9 @@ def _run(cell_dict: dict[str, Any], result: dict[str, Any]) -> None:
     if nvml:
         nvml.start()
     host.start()
-    timer = StepTimer(sync)
-    timer.run(step, cell.steps, start_index=cell.warmup)
+    timer = StepTimer(run.sync)
+    timer.run(run.step, cell.steps, start_index=run.next_step)
+    run.next_step += cell.steps
     mem = result["memory"]
     mem.update({k: v for k, v in host.stop().items() if k in ("host_peak", "baseline_host")})
     if cuda_alloc:
@@ -314,7 +321,7 @@ def _run(cell_dict: dict[str, Any], result: dict[str, Any]) -> None:
 
     tokens_per_step = cell.batch * cell.seq_len
     if cell.mode == "decode":
-        times = token_times
+        times = run.token_times
         tokens_per_step = cell.batch
     else:
         times = timer.times_ms
@@ -325,108 +332,115 @@ def _run(cell_dict: dict[str, Any], result: dict[str, Any]) -> None:
     timing["steps"] = len(times)
     result["timing"] = timing
 
-    next_i = cell.warmup + cell.steps
 
-    def quiesce() -> None:
-        # a step starts without last step's gradients or cache; drop them outside the measured
-        # region so their frees are not inside it
-        if wl.optimizer is not None and not wl.fused_optimizer_step:
-            wl.optimizer.zero_grad(set_to_none=True)
-        wl.last_cache = None
-        sync()
+def _cpu_peak_pass(run: _Run) -> None:
+    """CPU tensor peak: one step under torch.profiler's memory events."""
+    from memgauge.profilers.cpu_peak import CpuTensorPeak
+    from memgauge.profilers.timing import downsample_timeline
 
-    # -- CPU tensor peak: one step under the profiler's memory events ---------------------------
-    if dev.type == "cpu":
-        quiesce()
-        cpu_peak = CpuTensorPeak()
-        cpu_peak.start()
-        step(next_i)
-        stats = cpu_peak.stop()
-        # one step's allocated bytes over time (exact profiler timestamps)
-        mem["timeline"] = downsample_timeline(cpu_peak.timeline)
-        mem["timeline_source"] = "torch.profiler memory events (one step)"
-        mem["peak_allocated"] = stats["peak_allocated"]
-        mem["baseline_allocated"] = stats["baseline_allocated"]
-        next_i += 1
-    wl.last_cache = None
+    run.wl.quiesce()
+    run.sync()
+    cpu_peak = CpuTensorPeak()
+    cpu_peak.start()
+    run.run_step()
+    stats = cpu_peak.stop()
+    mem = run.result["memory"]
+    # one step's allocated bytes over time (exact profiler timestamps)
+    mem["timeline"] = downsample_timeline(cpu_peak.timeline)
+    mem["timeline_source"] = "torch.profiler memory events (one step)"
+    mem["peak_allocated"] = stats["peak_allocated"]
+    mem["baseline_allocated"] = stats["baseline_allocated"]
 
-    # -- breakdown pass ---------------------------------------------------------------------------
-    if cell.breakdown:
-        quiesce()
-        tracker = BreakdownTracker(dev.type)
-        tracker.register_existing(wl.model, wl.optimizer)
-        for category, tensors in getattr(wl, "resizable_storages", dict)().items():
-            tracker.watch_resizable(tensors, category)  # FSDP2's gathered parameters
-        wl.cache_observer = lambda c: tracker.label(cache_tensors(c), "kv_cache")
-        with tracker:
-            step(next_i)
-        tracker.relabel_after(wl.model, wl.optimizer, cache_tensors(wl.last_cache))
-        mem["breakdown"] = tracker.at_peak()
-        mem["breakdown_peak"] = tracker.peak
-        if "timeline" not in mem:  # CUDA: the tracker's series (its time includes tracking)
-            mem["timeline"] = downsample_timeline(tracker.timeline)
-            mem["timeline_source"] = "storage tracker (breakdown pass; times include tracking)"
-        wl.last_cache = wl.cache_observer = None
-        next_i += 1
-        del tracker
 
-    # -- steady state: model state after the last step ----------------------------------------
+def _breakdown_pass(run: _Run) -> None:
+    """One step under the storage tracker: bytes by category at the peak."""
+    from memgauge.profilers.breakdown import measure_breakdown
+    from memgauge.profilers.timing import downsample_timeline
+
+    run.wl.quiesce()
+    run.sync()
+    tracker = measure_breakdown(run.wl, run.run_step)
+    run.wl.last_cache = None
+    mem = run.result["memory"]
+    mem["breakdown"] = tracker.at_peak()
+    mem["breakdown_peak"] = tracker.peak
+    if "timeline" not in mem:  # CUDA: the tracker's series (its time includes tracking)
+        mem["timeline"] = downsample_timeline(tracker.timeline)
+        mem["timeline_source"] = "storage tracker (breakdown pass; times include tracking)"
+
+
+def _steady_pass(run: _Run) -> None:
+    """Model state after the last step."""
     from memgauge.profilers.breakdown import optimizer_state_tensors
+    from memgauge.profilers.live import unique_bytes
 
-    params = list(wl.model.parameters()) + list(wl.model.buffers())
-    mem["steady"] = {
-        "parameters": unique_bytes(wl.model.parameters()),
-        "buffers": unique_bytes(wl.model.buffers()),
-        "gradients": unique_bytes(p.grad for p in wl.model.parameters() if p.grad is not None),
-        "optimizer_state": unique_bytes(optimizer_state_tensors(wl.optimizer)),
+    model = run.wl.model
+    run.result["memory"]["steady"] = {
+        "parameters": unique_bytes(model.parameters()),
+        "buffers": unique_bytes(model.buffers()),
+        "gradients": unique_bytes(p.grad for p in model.parameters() if p.grad is not None),
+        "optimizer_state": unique_bytes(optimizer_state_tensors(run.wl.optimizer)),
     }
-    del params
 
-    # -- quality pass -----------------------------------------------------------------------------
-    q = result["quality"]
+
+def _quality_pass(run: _Run) -> None:
+    """Train: loss on held-out text after training steps on the corpus.  Inference: logit
+    fidelity against the unmodified model and perplexity."""
+    import torch
+
+    from memgauge.workloads.data import corpus_batch
+    from memgauge.workloads.steps import train_step
+
+    cell, wl, dev = run.cell, run.wl, run.dev
+    q = run.result["quality"]
+    held_out = run.inputs.held_out
     if cell.mode == "train":
-        if text_ok:
+        if run.inputs.text:
             for i in range(cell.quality_steps):
-                train_step(
-                    wl,
-                    corpus_batch("train", cell.batch, cell.seq_len, index=i, vocab=vocab).to(dev),
+                batch = corpus_batch(
+                    "train", cell.batch, cell.seq_len, index=i, vocab=wl.spec.vocab
                 )
+                train_step(wl, batch.to(dev))
         with torch.no_grad(), wl.autocast():
-            ids = quality_tokens.to(dev)
+            ids = held_out.to(dev)
             hidden = wl.backbone(input_ids=ids[:, :-1], use_cache=False).last_hidden_state
             loss = float(wl.loss_fn(hidden, wl.head, ids[:, 1:]))
         q["loss"] = loss
         q["perplexity"] = math.exp(min(loss, 50.0))
     else:
-        q.update(_inference_quality(wl, cell, ref_logits, quality_tokens))
-    if not text_ok:
-        result["notes"].append("vocabulary < 256: quality measured on synthetic tokens")
-    sync()
+        q.update(_inference_quality(wl, cell, run.ref_logits, held_out))
+    if not run.inputs.text:
+        run.result["notes"].append("vocabulary < 256: quality measured on synthetic tokens")
+    run.sync()
 
-    # -- predictions ------------------------------------------------------------------------------
+
+def _prediction_pass(run: _Run, techniques: list[Any]) -> None:
+    """The analytic and the traced estimate beside the measurement (traced last: fake tensors
+    allocate nothing the measured passes could see)."""
+    cell, result = run.cell, run.result
+    pred = result["prediction"]
     try:
         from memgauge.estimate.analytic import estimate_cell
 
-        est = estimate_cell(cell, wl.spec, techniques)
-        result["prediction"]["analytic"] = est["breakdown"]
-        result["prediction"]["analytic_peak"] = est["peak"]
+        est = estimate_cell(cell, run.wl.spec, techniques)
+        pred["analytic"] = est["breakdown"]
+        pred["analytic_peak"] = est["peak"]
     except Exception as exc:  # noqa: BLE001 - a failed prediction must not lose the measurement
         result["notes"].append(f"analytic estimate failed: {type(exc).__name__}: {exc}")
-    # traced after every measured pass: fake tensors allocate nothing the passes could see
-    if os.environ.get("MEMGAUGE_TRACE", "1") != "0":
-        try:
-            from memgauge.estimate.traced import try_trace
+    if not cell.trace:
+        return
+    try:
+        from memgauge.estimate.traced import try_trace
 
-            traced, why = try_trace(cell)
-            if traced is not None:
-                result["prediction"]["traced"] = traced["breakdown"]
-                result["prediction"]["traced_peak"] = traced["peak"]
-                result["prediction"]["traced_s"] = traced["seconds"]
-            else:
-                result["notes"].append(f"traced estimate unavailable: {why}")
-        except Exception as exc:  # noqa: BLE001 - a failed prediction must not lose the measurement
-            result["notes"].append(f"traced estimate failed: {type(exc).__name__}: {exc}")
-    result["status"] = "ok"
+        traced, why = try_trace(cell)
+        if traced is not None:
+            pred["traced"] = traced["breakdown"]
+            pred["traced_peak"] = traced["peak"]
+            pred["traced_s"] = traced["seconds"]
+        else:
+            result["notes"].append(f"traced estimate unavailable: {why}")
+    except Exception as exc:  # noqa: BLE001 - a failed prediction must not lose the measurement
+        result["notes"].append(f"traced estimate failed: {type(exc).__name__}: {exc}")
 
 
 def _die_with_parent() -> None:

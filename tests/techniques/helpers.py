@@ -12,12 +12,12 @@ import torch  # noqa: E402
 
 from memgauge.cell import Cell  # noqa: E402
 from memgauge.estimate.analytic import Estimate, base_estimate  # noqa: E402
-from memgauge.profilers.breakdown import BreakdownTracker, cache_tensors  # noqa: E402
+from memgauge.profilers.breakdown import measure_breakdown  # noqa: E402
 from memgauge.profilers.live import unique_bytes  # noqa: E402
 from memgauge.techniques import parse_techniques  # noqa: E402
+from memgauge.workloads.build import prepare  # noqa: E402
 from memgauge.workloads.data import synthetic_batch  # noqa: E402
 from memgauge.workloads.steps import make_step  # noqa: E402
-from memgauge.workloads.worker import build_workload  # noqa: E402
 
 TINY = "llama-tiny"  # 2 layers, h=64, 4 heads, 2 KV heads, ffn 176, V=512
 
@@ -42,14 +42,8 @@ def cell(
 
 def build(c: Cell) -> Any:
     """The workload of a cell with its techniques applied (and its optimizer, in train)."""
-    techs = parse_techniques(c.techniques)
     torch.manual_seed(c.seed)
-    wl = build_workload(c, techs, torch.device("cpu"))
-    for t in techs:
-        t.apply(wl)
-    if c.mode == "train":
-        wl.optimizer = wl.optimizer_factory(wl.trainable_parameters())
-    return wl
+    return prepare(c, torch.device("cpu"), check=False)
 
 
 def tokens(c: Cell, vocab: int, step: int = 0) -> torch.Tensor:
@@ -66,16 +60,7 @@ def breakdown(wl: Any, c: Cell, warmup: int = 1) -> tuple[dict[str, int], int]:
     step = step_fn(wl, c)
     for i in range(warmup):
         step(i)
-    if wl.optimizer is not None and not wl.fused_optimizer_step:
-        wl.optimizer.zero_grad(set_to_none=True)
-    wl.last_cache = None
-    tracker = BreakdownTracker("cpu")
-    tracker.register_existing(wl.model, wl.optimizer)
-    wl.cache_observer = lambda cache: tracker.label(cache_tensors(cache), "kv_cache")
-    with tracker:
-        step(warmup)
-    tracker.relabel_after(wl.model, wl.optimizer, cache_tensors(wl.last_cache))
-    wl.cache_observer = None
+    tracker = measure_breakdown(wl, lambda: step(warmup))
     return tracker.at_peak(), tracker.peak
 
 

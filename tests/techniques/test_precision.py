@@ -44,7 +44,7 @@ def test_fp16_autocast_uses_a_grad_scaler():  # pragma: no cover - GPU
     c = cell(techniques=["autocast:dtype=float16"])
     c.device = "cuda"
     from memgauge.techniques import parse_techniques
-    from memgauge.workloads.worker import build_workload
+    from memgauge.workloads.build import build_workload
 
     techs = parse_techniques(c.techniques)
     wl = build_workload(c, techs, torch.device("cuda"))
