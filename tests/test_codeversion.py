@@ -95,7 +95,7 @@ def test_a_change_to_the_worker_or_a_profiler_resets_every_key(copy):
 
 def test_prediction_code_is_not_part_of_a_cell(copy):
     before = _keys()
-    _append(copy / "estimate" / "analytic.py", "_CHANGED = 1")
+    _append(copy / "estimate" / "analytic" / "peak.py", "_CHANGED = 1")
     assert _keys() == before
 
 

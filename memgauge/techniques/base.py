@@ -31,7 +31,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from memgauge.workloads.context import BuildOptions, Workload
+    from memgauge.workloads.build import BuildOptions
+    from memgauge.workloads.context import Workload
 
 
 class Unsupported(Exception):

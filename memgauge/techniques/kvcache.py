@@ -9,7 +9,6 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from memgauge.techniques.base import Technique, Unsupported, register
-from memgauge.techniques.estimate_hooks import wrap_train_candidates
 
 _CACHES = ("kv_quant", "sliding_window", "static_cache")
 
@@ -73,19 +72,7 @@ class GroupedQueryAttention(Technique):
             raise Unsupported(f"gqa: kv_heads={self.kv_heads} exceeds the {spec.heads} query heads")
         build.spec = replace(spec, kv_heads=self.kv_heads)
 
-    def analytic(self, est: Any) -> None:
-        s = est.spec
-        if s.kv_heads == self.kv_heads:  # already built with these heads
-            return
-        new = replace(s, kv_heads=self.kv_heads)
-        removed = s.param_count() - new.param_count()
-        est.param_bytes -= removed * est.e
-        est.total_params -= removed
-        est.trainable_params -= removed
-        est.spec = new  # activations and the KV cache follow the spec
-        est.param_tensors = est.param_tensors  # same tensors, smaller
-        if est.kv_bytes:
-            est.kv_bytes *= self.kv_heads / s.kv_heads
+    # analytic: none of its own; the estimator estimates the model as built (fewer K/V heads)
 
 
 def quantized_kv_bytes(elems: int, bits: int, group: int, e: int) -> float:
@@ -192,12 +179,7 @@ class SlidingWindowCache(Technique):
         window = est.kv_cache_bytes(min(_total_len(est), self.window))
         prompt = est.kv_cache_bytes(est.seq_len)
         est.kv_bytes = window if est.mode == "decode" else prompt
-
-        def fn(name: str, b: dict[str, float]) -> None:
-            if name.startswith("prefill"):
-                b["kv_cache"] = prompt
-
-        wrap_train_candidates(est, fn, self.name, kind="inference")
+        est.prefill_kv_bytes = prompt
 
 
 @register

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from memgauge.techniques.base import Technique, register
-from memgauge.techniques.estimate_hooks import logits_chunked
 
 
 def chunked_cross_entropy(hidden: Any, head: Any, labels: Any, chunk: int) -> Any:
@@ -64,9 +63,9 @@ class ChunkedCrossEntropy(Technique):
 
     def analytic(self, est: Any) -> None:
         # each chunk's backward makes its own head-weight gradient, summed into .grad
-        s = est.spec
-        per_chunk_grad = 0.0 if est.frozen_base else s.vocab * s.hidden * est.grad_bytes_per_param
-        logits_chunked(est, self.chunk, self.name, extra_bytes=per_chunk_grad)
+        from memgauge.estimate.analytic import ChunkedLoss
+
+        est.loss = ChunkedLoss.of(est, self.chunk)
 
 
 @register
@@ -121,9 +120,9 @@ class FusedCrossEntropy(Technique):
         wl.loss_fn = loss
 
     def analytic(self, est: Any) -> None:
+        from memgauge.estimate.analytic import FusedLoss
         from memgauge.kernels import default_chunk_size
 
         n, h, v = est.tokens, est.spec.hidden, est.spec.vocab
-        c = min(n, self.chunk or default_chunk_size(n, h, v))
         # one (C, V) fp32 buffer (+ its 16-bit copy) and grad_hidden (N, H), computed in forward
-        logits_chunked(est, c, self.name, extra_bytes=n * h * est.c, fused=True)
+        est.loss = FusedLoss.of(est, min(n, self.chunk or default_chunk_size(n, h, v)))

@@ -115,9 +115,7 @@ class PureBf16(Technique):
         return None
 
     def before_build(self, build: Any) -> None:
-        import torch
-
-        build.param_dtype = torch.bfloat16
+        build.param_dtype = "bfloat16"
 
     def apply(self, wl: Any) -> None:
         wl.notes.append("pure_bf16: no fp32 master weights; AdamW state in bf16")

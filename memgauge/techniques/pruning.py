@@ -19,7 +19,6 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from memgauge.techniques.base import Technique, Unsupported, register
-from memgauge.techniques.estimate_hooks import wrap_layer_activation
 from memgauge.techniques.quantization import _WEIGHT_QUANTIZERS, _quantized_linears
 
 _PRUNERS = ("prune_masks", "sparse", "sparse24", "prune_structured")
@@ -342,7 +341,9 @@ class StructuredPrune(Technique):
             est.largest_trainable_params, max(s.vocab * s.hidden, s.hidden * f_keep)
         )
         cut = (2 * removed_q + 2 * removed_kv) * est.c
-        wrap_layer_activation(est, lambda b: b - cut, self.name)
+        from memgauge.estimate.analytic import Reduce
+
+        est.layer_rules.append(Reduce(cut))
         if est.mode != "train":
             T = est.seq_len + (est.decode_tokens - 1 if est.mode == "decode" else 0)
             full_kv = est.kv_bytes or 2 * s.layers * s.kv_heads * s.head_dim * T * est.batch * est.c

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from memgauge.techniques.base import Technique, register
-from memgauge.techniques.estimate_hooks import wrap_layer_activation
 
 
 def enable_checkpointing(model: Any, kwargs: dict[str, Any]) -> None:
@@ -129,7 +128,9 @@ class SelectiveCheckpointing(Technique):
         kept = elems * est.c
         if "sdpa" in self.save:
             kept += s.hidden * est.c + s.heads * 4  # output + fp32 log-sum-exp
-        wrap_layer_activation(est, lambda full: min(full, kept), self.name)
+        from memgauge.estimate.analytic import KeepAtMost
+
+        est.layer_rules.append(KeepAtMost(kept))
         est.notes.append(
             "selective_checkpoint: the recomputed rest of one layer during its "
             "backward is not modelled"
@@ -170,7 +171,9 @@ class OffloadActivations(Technique):
     def analytic(self, est: Any) -> None:
         # device-side, the saved tensors of the layer being differentiated come back one layer
         # at a time; the rest sit in host memory
-        wrap_layer_activation(est, lambda b: 0.0, self.name)
+        from memgauge.estimate.analytic import Offloaded
+
+        est.layer_rules.append(Offloaded())
         est.notes.append(
             "offload_activations: saved activations modelled as host-resident "
             "(one layer's come back during its backward; not modelled)"

@@ -25,16 +25,7 @@ class TiedEmbeddings(Technique):
             raise Unsupported(f"{build.spec.name} already ties its embeddings")
         build.spec.tie = True
 
-    def analytic(self, est: Any) -> None:
-        if est.spec.tie:
-            return
-        saved = est.spec.vocab * est.spec.hidden
-        est.param_bytes -= saved * est.e
-        est.total_params -= saved
-        est.trainable_params -= saved
-        est.param_tensors -= 1
-        est.opt_extra_bytes -= 4  # one AdamW step fewer
-        est.tied = True
+    # analytic: none of its own; the estimator estimates the model as built (tied)
 
 
 _PARTS = {

@@ -59,20 +59,44 @@ def check_shape(cell: Cell, spec: ModelSpec) -> None:
         )
 
 
-def build_workload(cell: Cell, techniques: list[Technique], device: Any) -> Workload:
-    """Build the model per the cell and its techniques' build options (no technique applied)."""
-    from memgauge.workloads.context import BuildOptions, Workload
-    from memgauge.workloads.zoo import build_model, resolve_model
+@dataclass(kw_only=True, slots=True)
+class BuildOptions:
+    """How the model is built; techniques' `before_build` hooks edit it (no torch here: the
+    analytic estimator applies the same hooks to know the model it estimates)."""
 
-    spec = resolve_model(cell.model)
-    dtype = torch_dtype(cell.dtype)
-    build = BuildOptions(spec=spec, param_dtype=dtype)
+    spec: ModelSpec
+    attn_implementation: str = "sdpa"
+    param_dtype: str = "float32"
+    """dtype name of the parameters as built"""
+
+
+def build_options(
+    cell: Cell, techniques: list[Technique], *, spec: ModelSpec | None = None
+) -> BuildOptions:
+    """The cell's build options after every technique's `before_build` (in order); `spec` is
+    the model as resolved (resolved from the cell when not given; never edited in place)."""
+    from dataclasses import replace
+
+    from memgauge.workloads.zoo import resolve_model
+
+    spec = resolve_model(cell.model) if spec is None else spec
+    build = BuildOptions(spec=replace(spec), param_dtype=cell.dtype)
     for t in techniques:
         t.before_build(build)
+    return build
+
+
+def build_workload(cell: Cell, techniques: list[Technique], device: Any) -> Workload:
+    """Build the model per the cell and its techniques' build options (no technique applied)."""
+    from memgauge.workloads.context import Workload
+    from memgauge.workloads.zoo import build_model
+
+    build = build_options(cell, techniques)
+    dtype = torch_dtype(cell.dtype)
     model = build_model(
         build.spec,
         device=device,
-        dtype=build.param_dtype,
+        dtype=torch_dtype(build.param_dtype),
         seed=cell.seed,
         attn_implementation=build.attn_implementation,
     )

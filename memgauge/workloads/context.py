@@ -1,4 +1,4 @@
-"""What techniques transform: how a model is built (`BuildOptions`) and the built workload
+"""What techniques transform: the built workload
 (`Workload`: model, optimizer factory, loss, autocast, saved-tensor hooks, KV cache factory)."""
 
 from __future__ import annotations
@@ -14,13 +14,6 @@ import torch.nn.functional as F
 from memgauge.workloads.zoo import ModelSpec
 
 
-@dataclass(kw_only=True)
-class BuildOptions:
-    spec: ModelSpec
-    attn_implementation: str = "sdpa"
-    param_dtype: torch.dtype = torch.float32
-
-
 def default_loss(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor) -> torch.Tensor:
     """Linear head + cross-entropy as transformers computes it: logits upcast to fp32."""
     logits = head(hidden).float()  # (B, T, V)
@@ -31,7 +24,7 @@ def default_optimizer(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer
     return torch.optim.AdamW(params, lr=1e-3, foreach=False)
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class Workload:
     """A built model and everything a step needs; techniques edit the fields in place."""
 

@@ -421,8 +421,9 @@ def _prediction_pass(run: _Run, techniques: list[Any]) -> None:
     pred = result["prediction"]
     try:
         from memgauge.estimate.analytic import estimate_cell
+        from memgauge.workloads.zoo import resolve_model
 
-        est = estimate_cell(cell, run.wl.spec, techniques)
+        est = estimate_cell(cell, resolve_model(cell.model), techniques)
         pred["analytic"] = est["breakdown"]
         pred["analytic_peak"] = est["peak"]
     except Exception as exc:  # noqa: BLE001 - a failed prediction must not lose the measurement

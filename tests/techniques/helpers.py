@@ -103,8 +103,9 @@ def estimate(c: Cell, spec: Any | None = None) -> Estimate:
     from memgauge.workloads.zoo import resolve_model
 
     spec = spec or resolve_model(c.model)
-    est = base_estimate(c, spec)
-    for t in parse_techniques(c.techniques):
+    techs = parse_techniques(c.techniques)
+    est = base_estimate(c, spec, techs)
+    for t in techs:
         t.analytic(est)
     est.finalize()
     return est
