@@ -122,10 +122,13 @@ def format_plan(p: Plan) -> str:
     needs = sorted({n for c in p.candidates for n in c.needs})
     if needs:
         lines.append(f"  this Python lacks {', '.join(needs)} (needed to run or trace some)")
+    other_mode = sorted(k for k, v in d["excluded"].items() if v.endswith(f", not {q.mode}"))
+    rest = {k: v for k, v in d["excluded"].items() if k not in other_mode}
     lines += textwrap.wrap(
         "left out: "
-        + "; ".join(f"{k} ({v})" for k, v in sorted(d["excluded"].items()))
-        + " (--allow NAME to include)",
+        + "; ".join(f"{k} ({v})" for k, v in sorted(rest.items()))
+        + (f"; not for {q.mode}: {', '.join(other_mode)}" if other_mode else "")
+        + " (--allow NAME enumerates one left out by choice)",
         width=100,
         initial_indent="  ",
         subsequent_indent="    ",

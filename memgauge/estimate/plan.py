@@ -271,7 +271,7 @@ def technique_choices(q: PlanQuery) -> tuple[dict[str, list[str]], dict[str, str
                 excluded[name] = NOT_PLANNED[name]
                 continue
             if not cls.saves:
-                excluded[name] = "saves nothing (a reference point, not a saving)"
+                excluded[name] = "saves nothing: a reference point"
                 continue
         specs = []
         for text in (name, *VARIANTS.get(name, ())):
