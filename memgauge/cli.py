@@ -8,6 +8,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
@@ -73,7 +74,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     cell = _cell_from_args(args)
     check_runnable([cell])
     store = None if args.no_store else _store(args)  # a store that cannot be written: said now
-    result = run_isolated(cell.to_dict())
+    result = _run_interruptibly(run_isolated, cell.to_dict())
+    if isinstance(result, int):  # ended by a signal, not by its own fault: nothing stored
+        sys.stderr.write(
+            f"memgauge: run interrupted by {signal.Signals(result).name}; the worker was "
+            f"stopped and nothing was stored\n"
+        )
+        return 128 + result
     not_stored = stored_as = None
     if store is not None:
         stored_as, not_stored = _store_run_result(store, cell, result)
@@ -121,6 +128,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not_stored:  # the measurement is printed above and kept in the recovery file
         return _die(not_stored)
     return 0 if result["status"] in ("ok", "unsupported") else 1
+
+
+def _run_interruptibly(runner: Any, cell: dict[str, Any]) -> dict[str, Any] | int:
+    """Run the worker; Ctrl-C or SIGTERM ends it (its process group) and returns the signal
+    number instead of a result.  A second signal exits at once."""
+    from memgauge.workloads.isolate import kill_current
+
+    seen: list[int] = []
+
+    def handler(signum: int, _frame: Any) -> None:
+        seen.append(signum)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        kill_current()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = runner(cell)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    return seen[0] if seen else result
 
 
 def _store_run_result(
@@ -178,9 +207,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     check_runnable(cells)
     if args.run_id and args.resume:
         return _die("--run-id and --resume both name the run; give one")
-    store = _store(args)
     # pre-flight: the device memory a cell must fit in (CUDA cells: the device's own)
     device_memory = _bytes_or_none(args.device_memory or data.get("device_memory"))
+    store = _store(args)
     sys.stderr.write(f"suite {name}: {len(cells)} cells -> store {store.safe_url}\n")
     try:
         outcome = run_sweep(
@@ -471,15 +500,37 @@ def main(argv: list[str] | None = None) -> int:
         return _die(str(exc))
     except BrokenPipeError:
         return 0
-    except Exception as exc:
-        if not type(exc).__module__.startswith(("sqlalchemy", "psycopg", "sqlite3")):
+    except KeyboardInterrupt:  # Ctrl-C outside a sweep (which handles its own signals)
+        if "memgauge.workloads.isolate" in sys.modules:
+            sys.modules["memgauge.workloads.isolate"].kill_current()
+        if args.verbose:
             raise
-        # a store failure mid-command (server gone, disk full): said in one line, the URL's
-        # password scrubbed from it (F18)
+        sys.stderr.write("memgauge: interrupted; nothing more was stored\n")
+        return 130
+    except Exception as exc:
+        if args.verbose:  # -v: the traceback, for a bug report
+            raise
         from memgauge.results.store import _scrub, resolve_url
 
-        msg = _scrub(str(exc).splitlines()[0] if str(exc) else "", resolve_url(args.store))
-        return _die(f"store error: {type(exc).__name__}: {msg}")
+        try:
+            url = resolve_url(args.store)
+        except Exception:  # noqa: BLE001
+            url = ""
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        if type(exc).__module__.startswith(("sqlalchemy", "psycopg", "sqlite3")):
+            # a store failure mid-command (server gone, disk full): said in one line, the
+            # URL's password scrubbed from it (F18)
+            return _die(f"store error: {type(exc).__name__}: {_scrub(first, url)}")
+        if isinstance(exc, OSError):  # the environment: a stale mount, permissions, a full disk
+            where = f"{exc.filename}: " if exc.filename else ""
+            return _die(
+                f"{where}{exc.strerror or first} (errno {exc.errno}); fix the path or its "
+                f"filesystem and run again"
+            )
+        return _die(
+            f"unexpected {type(exc).__name__}: {_scrub(first, url)} — this is a memgauge bug; "
+            f"run again with -v for the traceback and report it"
+        )
 
 
 if __name__ == "__main__":

@@ -79,11 +79,26 @@ def validate_cell(cell: Cell, problems: list[str], where: str) -> Cell | None:
 
     n0 = len(problems)
     spec = None
-    try:
-        spec = resolve_model(cell.model)
-        cell.model = spec.name
-    except SpecError as exc:
-        problems.append(f"{where}: {exc}")
+    if not isinstance(cell.model, str):
+        problems.append(
+            f"{where}: model must be text (a zoo name, folder or inline spec), got {cell.model!r}"
+        )
+    else:
+        try:
+            spec = resolve_model(cell.model)
+            cell.model = spec.name
+        except SpecError as exc:
+            problems.append(f"{where}: {exc}")
+    if isinstance(cell.techniques, str):
+        cell.techniques = [cell.techniques]
+    bad = (
+        [t for t in cell.techniques if not isinstance(t, str)]
+        if isinstance(cell.techniques, list)
+        else [cell.techniques]
+    )
+    if bad:
+        problems.append(f'{where}: techniques are text like "lora:r=8", got {bad[0]!r}')
+        return None
     if cell.mode not in MODES:
         problems.append(f"{where}: mode {cell.mode!r} unknown; use {', '.join(MODES)}")
     if cell.weights not in WEIGHTS:
@@ -147,7 +162,7 @@ def count_cells(data: dict[str, Any]) -> int:
         for k in _EXPAND:
             v = merged.get(k)
             if k == "techniques":
-                n *= len(v) if v and isinstance(v, list) and isinstance(v[0], list) else 1
+                n *= len(v) if isinstance(v, list) and v and isinstance(v[0], list) else 1
             elif isinstance(v, list):
                 n *= len(v)
         total += n
@@ -199,8 +214,11 @@ def expand_suite(data: dict[str, Any], *, overrides: dict[str, Any] | None = Non
         axes = []
         for k in _EXPAND:
             v = merged.get(k, getattr(Cell(model="", mode=""), k))
-            if k == "techniques":
-                v = v if v and isinstance(v[0], list) else [v]
+            if k == "techniques":  # a list of technique sets; one set or one name is one cell
+                if isinstance(v, str):
+                    v = [[v]]
+                elif not (isinstance(v, list) and v and isinstance(v[0], list)):
+                    v = [v]
             elif not isinstance(v, list):
                 v = [v]
             axes.append(v)

@@ -86,6 +86,24 @@ def build_launch(*, store: str | None, port: int, host: str | None) -> Launch:
     )
 
 
+def _check_store(store: str | None) -> None:
+    """An SQLite store that is not memgauge's, newer or damaged is refused before the server
+    starts (read-only: nothing is written).  A missing or empty file is fine (the pages say what
+    to run), and a server store is left to the pages (which say when it cannot be reached)."""
+    import sqlalchemy as sa
+
+    from memgauge.results.store import Store, driver_url, resolve_url
+
+    url = driver_url(resolve_url(store))
+    if not url.startswith("sqlite"):
+        return
+    database = sa.engine.make_url(url).database or ""
+    path = Path(database)
+    if database and (not path.exists() or (path.is_file() and path.stat().st_size == 0)):
+        return
+    Store.open(store, create=False).close()
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from memgauge.results.store import redact
 
@@ -97,6 +115,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         )
         return 2
     launch = build_launch(store=args.store, port=args.port, host=args.host)
+    _check_store(args.store)
     for w in launch.warnings:
         sys.stderr.write(f"memgauge: warning: {w}\n")
     store_url = next(iter(launch.env.values()))

@@ -305,8 +305,9 @@ class Store:
 
     @classmethod
     def _open_sqlite(cls, url: str, *, create: bool) -> Store:
-        path = Path(sa.engine.make_url(url).database or "")
-        if not str(path) or str(path) == ":memory:":
+        database = sa.engine.make_url(url).database or ""
+        path = Path(database)
+        if not database or database == ":memory:":
             raise StoreError(
                 f"the store URL {redact(url)!r} names no file; give a path "
                 f"(--store results.sqlite or --store sqlite:////abs/path.sqlite)"

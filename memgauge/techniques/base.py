@@ -141,8 +141,15 @@ def _load() -> None:
     for mod in _BUILTIN_MODULES:
         importlib.import_module(mod)
     # Third-party techniques (and test fixtures): MEMGAUGE_PLUGINS=pkg.module,other.module
-    for mod in filter(None, os.environ.get("MEMGAUGE_PLUGINS", "").split(",")):
-        importlib.import_module(mod.strip())
+    for mod in filter(None, (m.strip() for m in os.environ.get("MEMGAUGE_PLUGINS", "").split(","))):
+        try:
+            importlib.import_module(mod)
+        except Exception as exc:  # noqa: BLE001 - said as what to fix; tried again next call
+            _LOADED = False
+            raise SpecError(
+                f"MEMGAUGE_PLUGINS: cannot import {mod!r} ({type(exc).__name__}: {exc}); "
+                f"fix the module name or unset MEMGAUGE_PLUGINS"
+            ) from None
 
 
 def registry() -> dict[str, type[Technique]]:

@@ -174,7 +174,9 @@ def run_cell(cell_dict: dict[str, Any]) -> dict[str, Any]:
             result["error"] = f"{type(exc).__name__}: {str(exc)[:500]}"
         else:
             result["status"] = "error"
-            result["error"] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()[-3000:]}"
+            # one line for the user; the traceback goes to stderr, kept as stderr_tail
+            result["error"] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc(file=sys.stderr)
     return result
 
 

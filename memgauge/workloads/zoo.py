@@ -221,8 +221,28 @@ def _from_checkpoint(path: str) -> ModelSpec:
         raise SpecError(
             f"model folder {path!r} has no config.json (a Hugging Face checkpoint folder)"
         )
-    with open(cfg_path) as f:
-        cfg = json.load(f)
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise SpecError(
+            f"{cfg_path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{cfg_path}: cannot be read ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise SpecError(
+            f"{cfg_path}: a Hugging Face config is a JSON object, got a {type(cfg).__name__}"
+        )
+    try:
+        return _spec_from_config(cfg, path)
+    except KeyError as exc:
+        raise SpecError(f"{cfg_path}: lacks the key {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"{cfg_path}: {exc}") from None
+
+
+def _spec_from_config(cfg: dict[str, Any], path: str) -> ModelSpec:
     mt = cfg.get("model_type")
     if mt == "llama":
         heads = cfg["num_attention_heads"]
@@ -265,6 +285,15 @@ def resolve_model(text: str) -> ModelSpec:
         return ModelSpec(name=text, **ZOO[text].spec)
     if os.path.isdir(text):
         return _from_checkpoint(text)
+    if os.path.exists(text):
+        raise SpecError(
+            f"model {text!r} is a file; give the checkpoint folder that holds config.json"
+        )
+    if text.startswith((".", "/", "~")) or os.sep in text.split(":", 1)[0]:
+        raise SpecError(
+            f"model folder {text!r} does not exist; give a zoo name ({', '.join(ZOO)}), an "
+            f"existing checkpoint folder, or an inline spec like llama:layers=4,hidden=256"
+        )
     family, opts = parse_spec(text)
     if family not in _FAMILY_DEFAULTS or (":" not in text and family not in ZOO):
         raise SpecError(
