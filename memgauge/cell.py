@@ -34,8 +34,9 @@ class Cell:
     device: str = "cpu"
     steps: int = 5
     """timed steps per timing round, after warm-up"""
-    rounds: int = 3
-    """timing rounds; the spread of their medians is the cell's speed uncertainty"""
+    rounds: int = 1
+    """timing rounds (the suites use 3); the spread of their medians is the cell's speed
+    uncertainty (one round: none, the gates fall back to p20..p80)"""
     warmup: int = 2
     decode_tokens: int = 16
     """new tokens per decode step"""

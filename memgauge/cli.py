@@ -50,6 +50,8 @@ def _cell_from_args(args: argparse.Namespace) -> Any:
         timeout_s=args.timeout,
         mem_limit=_bytes_or_none(getattr(args, "mem_limit", None)),
         breakdown=not getattr(args, "no_breakdown", False),
+        rounds=getattr(args, "rounds", 1),
+        weights=getattr(args, "weights", "random"),
     )
     problems: list[str] = []
     ok = validate_cell(cell, problems, "cell")
@@ -73,6 +75,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cell = _cell_from_args(args)
     check_runnable([cell])
+    if cell.weights == "trained":
+        from memgauge.sweep import ensure_trained_weights
+
+        ensure_trained_weights([cell])
     store = None if args.no_store else _store(args)  # a store that cannot be written: said now
     result = _run_interruptibly(run_isolated, cell.to_dict())
     if isinstance(result, int):  # ended by a signal, not by its own fault: nothing stored
@@ -185,7 +191,7 @@ def _cell_extra(cell: Any) -> dict[str, Any]:
     return {
         k: v
         for k, v in cell.to_dict().items()
-        if k in ("steps", "decode_tokens", "quality_steps", "seed")
+        if k in ("steps", "rounds", "decode_tokens", "quality_steps", "seed", "weights")
     }
 
 
@@ -403,6 +409,16 @@ def _add_cell_args(p: argparse.ArgumentParser, *, run: bool) -> None:
         )
         p.add_argument("--no-breakdown", action="store_true", help="skip the slow breakdown pass")
         p.add_argument("--no-store", action="store_true", help="do not store the result")
+        p.add_argument(
+            "--rounds", type=int, default=1, help="timing rounds of --steps steps (spread)"
+        )
+        p.add_argument(
+            "--weights",
+            default="random",
+            choices=("random", "trained"),
+            help="trained: the model trained on the corpus (memgauge pretrain; trained first "
+            "if not cached)",
+        )
     else:
         p.add_argument("--device-memory", help="device memory to fit in: 24GiB, 80GB or a GPU name")
         p.add_argument(

@@ -22,8 +22,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 QUALITY_BATCH = 4
 """Rows of held-out text the quality pass reads (at most the cell's batch)."""
-QUALITY_SEQ = 128
-"""Tokens per held-out row (at most the cell's seq_len)."""
+QUALITY_SEQ = 512
+"""Tokens per held-out row (the cell's seq_len, at most this): as long as the cell's sequence,
+so a technique that acts past some length (a sliding window of W < seq_len) acts on quality."""
 INPUT_BATCHES = 2
 """Fixed input batches the step cycles through (data loading is not what is measured)."""
 

@@ -188,16 +188,14 @@ def cell_specs(cell: Any) -> list[Any]:
     """The architectures a cell with trained weights loads: its model's, and the one its
     techniques build (if they change it), each once.  Imports the techniques (torch)."""
     from memgauge.techniques import parse_techniques
-    from memgauge.workloads.context import BuildOptions
+    from memgauge.workloads.build import build_options
     from memgauge.workloads.zoo import resolve_model
 
     base = resolve_model(cell.model)
     specs = [base]
     if base.checkpoint:
         return []
-    build = BuildOptions(spec=resolve_model(cell.model))
-    for t in parse_techniques(list(cell.techniques)):
-        t.before_build(build)
+    build = build_options(cell, parse_techniques(list(cell.techniques)), spec=base)
     if build.spec.to_dict() != base.to_dict():
         specs.append(build.spec)
     return specs

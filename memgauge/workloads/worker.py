@@ -5,10 +5,13 @@ the cell arrives as JSON on stdin, the result leaves as one JSON line on stdout,
 
 `_run` is a short sequence of named passes, in order (the slow ones never share a pass with
 timing), sharing one `_Run`:
-- `_setup`: the cell prepared on its device (memgauge.workloads.build.prepare: build, techniques,
-  optimizer), for inference the unmodified model's logits taken first, the resident inputs made;
+- `_setup`: the cell prepared on its device (memgauge.workloads.build.prepare: build, the cell's
+  weights (workloads.pretrained.apply_weights: trained checkpoint or random init, recorded as
+  `quality.basis`), techniques, optimizer), for inference the unmodified model's logits taken
+  first, the resident inputs made;
 - `_warmup`, then `_timing_pass` with the cheap profilers (CUDA allocator, NVML sampler, host
-  peak RSS): step-time quantiles and tokens/s;
+  peak RSS): `rounds` rounds of `steps` steps, step-time quantiles, tokens/s and the spread of
+  the round medians;
 - `_cpu_peak_pass` (CPU): one step under torch.profiler memory events (tensor peak);
 - `_breakdown_pass`: one step under the storage tracker (profilers.breakdown.measure_breakdown);
 - `_steady_pass`: model state after the last step;
@@ -46,6 +49,7 @@ from memgauge.workloads.build import (
     prepare,
     resident_inputs,
 )
+from memgauge.workloads.pretrained import apply_weights
 
 if TYPE_CHECKING:  # pragma: no cover
     from memgauge.workloads.context import Workload
@@ -137,6 +141,8 @@ def _inference_quality(wl: Any, cell: Any, ref_logits: Any, tokens: Any) -> dict
     logits = logits.float().cpu()
     labels = tokens[:, 1:]
     nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1))
+    if ref_logits is None:  # no like-for-like reference (see _Run.ref_mismatch)
+        return {"loss": float(nll), "perplexity": float(math.exp(min(float(nll), 50.0)))}
     ref_logits = torch.from_numpy(ref_logits)
     ref_lp = F.log_softmax(ref_logits, -1)
     lp = F.log_softmax(logits, -1)
@@ -193,6 +199,8 @@ class _Run:
     step: Callable[[int], Any]
     token_times: list[float]
     ref_logits: Any
+    ref_mismatch: str | None = None
+    """why KL / top-1 cannot be measured (the reference has other weights), or None"""
     next_step: int = 0
     """index of the next step (each pass runs fresh steps of the same fixed batches)"""
 
@@ -243,11 +251,27 @@ def _setup(cell: Cell, techniques: list[Any], result: dict[str, Any]) -> _Run:
     ref: dict[str, Any] = {}
 
     def reference(wl: Workload) -> None:
+        # the cell's weights first (trained checkpoint or random init), so the reference
+        # logits and every technique see them
+        basis = apply_weights(wl, cell)
+        result["quality"].update(basis)
         ref["held_out"] = held_out_tokens(cell, wl.spec.vocab)[0]
         if cell.mode == "train":
             return
-        # a technique that changes the architecture: the reference is the baseline's model
-        ref_wl = build_workload(cell, [], dev) if changes_build(techniques) else wl
+        ref_wl = wl
+        if changes_build(techniques):
+            # a technique that changes the build: the reference is the baseline's model, with
+            # the baseline architecture's weights (trained with the same recipe, or the same
+            # seed's random init)
+            ref_wl = build_workload(cell, [], dev)
+            ref_basis = apply_weights(ref_wl, cell)
+            if ref_basis["basis"] != basis["basis"]:
+                ref["mismatch"] = (
+                    f"no like-for-like reference: the technique's model is {basis['basis']}, "
+                    f"the baseline's {ref_basis['basis']} "
+                    f"({basis.get('basis_reason') or ref_basis.get('basis_reason')})"
+                )
+                return
         with torch.no_grad():
             out = ref_wl.model(input_ids=ref["held_out"][:, :-1].to(dev), use_cache=False)
             # kept as a numpy copy: not a torch tensor, so not counted in the measured peaks
@@ -271,6 +295,7 @@ def _setup(cell: Cell, techniques: list[Any], result: dict[str, Any]) -> _Run:
         step=step,
         token_times=token_times,
         ref_logits=ref.get("logits"),
+        ref_mismatch=ref.get("mismatch"),
     )
 
 
@@ -300,8 +325,16 @@ def _timing_pass(run: _Run) -> None:
         nvml.start()
     host.start()
     timer = StepTimer(run.sync)
-    timer.run(run.step, cell.steps, start_index=run.next_step)
-    run.next_step += cell.steps
+    # rounds of steps: each round's median is one repeated measurement (their spread is the
+    # cell's speed uncertainty); decode rounds cut the per-token series at each round's end
+    cuts = [0]
+    run.next_step = timer.run_rounds(
+        run.step,
+        cell.rounds,
+        cell.steps,
+        start_index=run.next_step,
+        on_round=lambda: cuts.append(len(run.token_times)),
+    )
     mem = result["memory"]
     mem.update({k: v for k, v in host.stop().items() if k in ("host_peak", "baseline_host")})
     if cuda_alloc:
@@ -325,9 +358,11 @@ def _timing_pass(run: _Run) -> None:
     if cell.mode == "decode":
         times = run.token_times
         tokens_per_step = cell.batch
+        rounds = [times[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+        timing = timer.summary(times, rounds=rounds)
     else:
+        timing = timer.summary()
         times = timer.times_ms
-    timing = timer.summary(times)
     timing["tokens_per_s"] = (
         tokens_per_step / (timing["step_ms_p50"] / 1000) if timing["step_ms_p50"] else None
     )
@@ -411,6 +446,8 @@ def _quality_pass(run: _Run) -> None:
         q["perplexity"] = math.exp(min(loss, 50.0))
     else:
         q.update(_inference_quality(wl, cell, run.ref_logits, held_out))
+        if run.ref_mismatch:
+            q["reason"] = run.ref_mismatch  # KL / top-1 are null, and why
     if not run.inputs.text:
         run.result["notes"].append("vocabulary < 256: quality measured on synthetic tokens")
     run.sync()

@@ -8,7 +8,6 @@ import pytest
 
 from memgauge.cell import Cell
 from memgauge.result import empty_result
-from memgauge.sweep import aa_pair, format_summary
 from memgauge.workloads.pretrained import cell_specs, ensure_trained, trained_checkpoint
 
 ODD = "llama:layers=1,hidden=36,heads=3,kv_heads=3,ffn=70,vocab=300,max_pos=256"
@@ -49,6 +48,8 @@ def _result(techniques, tps, spread, basis="trained", kl=0.01):
 
 
 def test_summary_says_no_measurable_difference_and_dims_random_init():
+    from memgauge.sweep import format_summary
+
     rows = [
         _result([], 1000, 0.2),
         _result(["int8wo"], 7580, 0.2),  # 7.58x even with 20 % noise on each side
@@ -66,6 +67,8 @@ def test_summary_says_no_measurable_difference_and_dims_random_init():
 
 @pytest.mark.parametrize(("a", "b", "noise"), [(1000, 1000, 0.0), (1000, 500, 0.4901)])
 def test_aa_pair_noise(a, b, noise):
+    from memgauge.sweep import aa_pair
+
     seen = []
 
     def runner(c):
@@ -75,3 +78,52 @@ def test_aa_pair_noise(a, b, noise):
     pair = aa_pair(Cell(model="m", mode="prefill", batch=1, seq_len=8), runner)
     assert pair["noise"] == pytest.approx(noise, abs=1e-4)
     assert len(seen) == 2 and not any(c["breakdown"] for c in seen)  # timing only
+
+
+def _cell(mode, techniques=(), weights="trained", **kw):
+    base = dict(batch=2, seq_len=48, steps=1, rounds=2, warmup=0, breakdown=False, trace=False)
+    base.update(kw)
+    return Cell(model="llama-tiny", mode=mode, techniques=list(techniques), weights=weights, **base)
+
+
+@pytest.fixture(scope="module")
+def trained_tiny():
+    """llama-tiny and its tied variant, trained with the default recipe into the persistent
+    cache ($MEMGAUGE_CACHE, default ~/.cache/memgauge; a no-op once cached)."""
+    ensure_trained([_cell("prefill"), _cell("prefill", ["tie_embeddings"])])
+
+
+def test_trained_weights_basis_and_rounds(trained_tiny):
+    from memgauge.workloads.worker import run_cell
+
+    r = run_cell(_cell("prefill").to_dict())
+    assert r["status"] == "ok", r["error"]
+    q = r["quality"]
+    assert q["basis"] == "trained" and q["checkpoint"]["name"].startswith("llama-tiny-")
+    assert q["checkpoint"]["recipe"]["steps"] >= 1
+    assert q["perplexity"] < 64  # learnt bytes (a random 512-token model is ~512)
+    assert r["timing"]["rounds"] == 2 and len(r["timing"]["rounds_ms"]) == 2
+    rnd = run_cell(_cell("prefill", weights="random").to_dict())["quality"]
+    assert rnd["basis"] == "random-init" and "random" in rnd["basis_reason"]
+    assert rnd["perplexity"] > 4 * q["perplexity"]
+
+
+def test_architecture_change_compared_with_its_trained_baseline(trained_tiny):
+    from memgauge.workloads.worker import run_cell
+
+    r = run_cell(_cell("decode", ["tie_embeddings"], decode_tokens=2).to_dict())
+    assert r["status"] == "ok", r["error"]
+    q = r["quality"]
+    assert q["basis"] == "trained" and q["checkpoint"]["name"] != ""
+    # two models trained with one recipe agree far more than two random ones would
+    assert q["top1_agreement"] > 0.3 and q["kl_to_baseline"] is not None
+
+
+def test_sliding_window_acts_on_quality(trained_tiny):
+    from memgauge.workloads.worker import run_cell
+
+    narrow = run_cell(_cell("decode", ["sliding_window:window=16"], decode_tokens=2).to_dict())
+    wide = run_cell(_cell("decode", ["sliding_window:window=256"], decode_tokens=2).to_dict())
+    assert narrow["status"] == wide["status"] == "ok", (narrow["error"], wide["error"])
+    assert narrow["quality"]["kl_to_baseline"] > 1e-4  # 48 tokens read through a 16 window
+    assert wide["quality"]["kl_to_baseline"] < 1e-6
