@@ -429,7 +429,13 @@ def _add_cell_args(p: argparse.ArgumentParser, *, run: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="memgauge", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="memgauge",
+        description="measure what memory-saving techniques save when LLMs are trained and "
+        "served: run one cell, estimate, sweep a suite, report, or open the dashboard",
+        epilog="exit codes: 0 ok; 1 a failed cell (run) or a confirmed regression (nightly); "
+        "2 bad input; 130/143 interrupted",
+    )
     ap.add_argument(
         "--store",
         help="store URL or SQLite path (default: $MEMGAUGE_STORE, "
@@ -495,6 +501,16 @@ def build_parser() -> argparse.ArgumentParser:
 COMMAND_MODULES = ("capacity", "plan", "nightly", "report", "dashboard", "pretrain", "importing")
 
 
+QUIET_LOGGERS = ("torchao", "bitsandbytes", "torch.utils._pytree")
+"""libraries whose import-time warnings (skipped C++ extensions, deprecated pytree
+registrations, missing optional kernels) say nothing about the user's input; -v shows them"""
+
+
+def _quiet_libraries() -> None:
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -503,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    if not args.verbose:
+        _quiet_libraries()
     from memgauge.results.store import StoreError
     from memgauge.suite import SuiteError
 

@@ -288,3 +288,22 @@ def test_nightly_shares_the_sweep_size_guard_and_yes(tmp_path):
     out = memgauge("nightly", "--suite", str(suite), "--yes", store=store, timeout=60)
     assert out.returncode == 2 and "mode 'serve' unknown" in out.stderr
     assert "--yes" not in out.stderr and not store.exists()
+
+
+def test_help_describes_memgauge_in_whole_sentences():
+    out = memgauge("--help")
+    assert out.returncode == 0
+    head = out.stdout.split("positional arguments")[0]
+    desc = " ".join(head.split("\n\n", 1)[1].split())
+    assert desc.startswith("measure what memory-saving techniques save")
+    assert not desc.rstrip().endswith(("the", "for", "(")), desc
+    assert "exit codes" in out.stdout
+
+
+def test_estimate_prints_no_library_warnings():
+    """torchao / torch pytree / bitsandbytes import-time warnings are not the user's business
+    (-v shows them)."""
+    out = memgauge("estimate", "--model", "llama-tiny", "--mode", "prefill", "-t", "int8wo")
+    assert out.returncode == 0, out.stderr
+    for noise in ("WARNING torchao", "_pytree", "bitsandbytes"):
+        assert noise not in out.stderr, out.stderr

@@ -122,16 +122,31 @@ def run_picker(
     return rid
 
 
-def metric_picker(container: Any = None, key: str = "metric") -> str:
+def metric_picker(
+    container: Any = None, key: str = "metric", runs: str | tuple[str, ...] | None = ()
+) -> str:
+    """A memory-metric select box offering only what the run(s) measured (all runs when
+    `runs` is empty), and a caption saying why the others are absent."""
     where = container or st
-    return where.selectbox(
+    picked = (runs,) if isinstance(runs, str) else tuple(r for r in runs or () if r)
+    offered = cached(Q.measured_metrics, picked) or ["peak_allocated"]
+    metric = where.selectbox(
         "memory metric",
-        list(Q.METRICS),
+        offered,
         format_func=Q.METRICS.get,
         key=key,
         help="peak allocated: the allocator's (CUDA) or the tensor tracker's "
         "(CPU) peak; reserved and device used are CUDA-only",
     )
+    absent = [Q.METRICS[m] for m in Q.METRICS if m not in offered]
+    if absent:
+        why = (
+            "CUDA-only: this run's device has no caching allocator or device counter"
+            if set(Q.METRICS) - set(offered) <= set(Q.CUDA_ONLY_METRICS)
+            else "no successful cell of this selection measured them"
+        )
+        where.caption(f"not offered: {', '.join(absent)} ({why})")
+    return metric
 
 
 def workload_label(r: dict[str, Any]) -> str:
@@ -139,16 +154,32 @@ def workload_label(r: dict[str, Any]) -> str:
 
 
 def bytes_columns(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
-    """Byte columns as numbers in one 1024-based unit named in the header (sortable)."""
+    """Byte columns as numbers in one 1024-based unit named in the header (sortable), two
+    decimals."""
     out = df.copy()
     for c in cols:
         if c not in out.columns:
             continue
         vals = pd.to_numeric(out[c], errors="coerce")
         div, unit = byte_unit(vals.dropna().tolist())
-        out[c] = (vals / div).round(3)
+        out[c] = (vals / div).round(2)
         out = out.rename(columns={c: f"{c} ({unit})"})
     return out
+
+
+def table(df: pd.DataFrame, **kw: Any) -> None:
+    """st.dataframe with memgauge's column formats: technique sets and workloads wide (never
+    cut), tokens/s as integers, percentages with a % sign."""
+    cfg: dict[str, Any] = {}
+    for c in df.columns:
+        name = str(c)
+        if name in ("techniques", "technique", "combination", "context", "workload", "cell"):
+            cfg[c] = st.column_config.TextColumn(width="large")
+        elif name.endswith("%"):
+            cfg[c] = st.column_config.NumberColumn(format="%.1f%%")
+        elif "tokens/s" in name or name.endswith("tokens_per_s"):
+            cfg[c] = st.column_config.NumberColumn(format="%d")
+    st.dataframe(df, column_config=cfg, hide_index=True, **kw)
 
 
 def techniques_column(df: pd.DataFrame, col: str = "techniques") -> pd.DataFrame:

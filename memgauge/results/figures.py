@@ -58,6 +58,23 @@ def _num(v: Any) -> str:
     return "—" if v is None or _nan(v) else f"{float(v):.4g}"
 
 
+def log_ticks(lo: float, hi: float, *, fmt: str = "{:g}") -> dict[str, Any]:
+    """Axis settings for a clean log axis from `lo` to `hi`: ticks at 1, 2 and 5 × 10^k (only
+    powers of ten over many decades), each labelled in full, no minor-tick labels."""
+    lo, hi = float(lo), float(hi)
+    if not (lo > 0 and hi >= lo):
+        return {}
+    decades = math.log10(hi) - math.log10(lo)
+    steps = (1,) if decades > 4 else (1, 2, 5) if decades > 1 else (1, 1.5, 2, 3, 5, 7)
+    vals = [
+        m * 10.0**k
+        for k in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+        for m in steps
+    ]
+    vals = [v for v in vals if lo / 1.5 <= v <= hi * 1.5]
+    return {"tickmode": "array", "tickvals": vals, "ticktext": [fmt.format(v) for v in vals]}
+
+
 def _empty(title: str, message: str) -> go.Figure:
     fig = go.Figure()
     fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
@@ -177,23 +194,36 @@ def pareto_scatter(points: pd.DataFrame, metric: str = "peak_allocated") -> go.F
     ok = ok.assign(hover=hover)
     fig = go.Figure()
     has_q = ok["quality_cost"].notna()
-    if has_q.any():
-        q = ok[has_q]
+    # one colour scale per quality measure: Δloss (train) and KL (inference) are other units
+    is_train = ok["mode"] == "train"
+    scales = [
+        (has_q & is_train, "Δloss vs baseline", "Viridis", 1.02),
+        (has_q & ~is_train, "KL to baseline", "Plasma", 1.14),
+    ]
+    drawn = [(sel, name, cs) for sel, name, cs, _ in scales if sel.any()]
+    for k, (sel, name, cs) in enumerate(drawn):
+        q = ok[sel]
         fig.add_trace(
             go.Scatter(
                 x=q["x"],
                 y=q["tokens_per_s"],
                 mode="markers",
-                name="cells (colour = quality cost)",
+                name=f"cells (colour = {name})",
                 hovertext=q["hover"],
                 hoverinfo="text",
                 marker={
                     "size": 9,
                     "color": q["quality_cost"].astype(float),
-                    "colorscale": "Viridis",
+                    "colorscale": cs,
                     "showscale": True,
                     "line": {"width": 0.5, "color": "#333"},
-                    "colorbar": {"title": {"text": "quality cost<br>(Δloss / KL)"}},
+                    "colorbar": {
+                        "title": {
+                            "text": name.replace(" vs ", "<br>vs ").replace(" to ", "<br>to ")
+                        },
+                        "x": 1.02 + 0.12 * k,
+                        "len": 0.8,
+                    },
                 },
             )
         )
@@ -218,9 +248,12 @@ def pareto_scatter(points: pd.DataFrame, metric: str = "peak_allocated") -> go.F
             go.Scatter(
                 x=f["x"],
                 y=f["tokens_per_s"],
-                mode="lines+markers",
+                mode="lines+markers+text",
                 line_shape="hv",
                 name=f"Pareto frontier: {model} · {mode}",
+                text=f["tech"],
+                textposition="top right",
+                textfont={"size": 11, "color": color},
                 hovertext=f["hover"],
                 hoverinfo="text",
                 line={"color": color, "width": 1.5, "dash": "dot"},
@@ -235,9 +268,12 @@ def pareto_scatter(points: pd.DataFrame, metric: str = "peak_allocated") -> go.F
         xaxis_title=f"{label} ({unit}, 1024-based)",
         yaxis_title="throughput (tokens/s" + (", log scale)" if log_y else ")"),
         yaxis_type="log" if log_y else "linear",
+        yaxis_tickformat=",.0f",
         height=500,
         legend={"orientation": "h", "y": -0.2},
     )
+    if log_y:
+        fig.update_yaxes(**log_ticks(tps.min(), tps.max(), fmt="{:,.0f}"))
     return fig
 
 
@@ -333,11 +369,15 @@ def scaling_figure(
     ok = df[(df["status"] == "ok") & df["value"].notna()]
     # the unit suits the data; the device line may sit decades above it (log axis)
     div, unit = byte_unit(list(ok["value"]) or [device_memory])
-    top = (
-        device_memory / div
-        if device_memory
-        else (float(ok["value"].max()) / div * 1.3 if len(ok) else 1.0)
+    data_top = float(ok["value"].max()) / div if len(ok) else None
+    # the axis stops at the data: the device line is drawn only when the data comes within
+    # 4x of it (a CPU run's "device" is the host's RAM, decades above a tiny model)
+    near = bool(device_memory) and (
+        data_top is None
+        or device_memory / div <= 4 * data_top
+        or bool(df["status"].isin(Q.OOM_LIKE).any())
     )
+    top = device_memory / div if near else (data_top * 1.3 if data_top else 1.0)
     fig = make_subplots(
         rows=2,
         cols=1,
@@ -410,7 +450,7 @@ def scaling_figure(
                 row=1,
                 col=1,
             )
-    if device_memory:
+    if device_memory and near:
         fig.add_hline(
             y=device_memory / div,
             line_dash="dash",
@@ -430,7 +470,27 @@ def scaling_figure(
             text=f"device memory {fmt_bytes(device_memory)}",
             font={"color": "#D62728"},
         )
-    fig.update_yaxes(type="log", title_text=f"{label} ({unit}, 1024-based)", row=1, col=1)
+    elif device_memory:
+        fig.add_annotation(
+            x=0,
+            xref="x domain",
+            y=1.0,
+            yref="y domain",
+            xanchor="left",
+            yanchor="bottom",
+            showarrow=False,
+            text=f"device memory {fmt_bytes(device_memory)}: far above the data, not drawn",
+            font={"color": "#D62728"},
+        )
+    lo = float(ok["value"].min()) / div if len(ok) else top / 10
+    fig.update_yaxes(
+        type="log",
+        title_text=f"{label} ({unit}, 1024-based)",
+        row=1,
+        col=1,
+        range=[math.log10(lo / 1.3), math.log10(max(top, data_top or top) * 1.15)],
+        **log_ticks(lo, max(top, data_top or top)),
+    )
     fig.update_yaxes(title_text="tokens/s", rangemode="tozero", row=2, col=1)
     fig.update_xaxes(title_text=axis_title, row=2, col=1)
     # ticks at the measured sizes (powers of two, usually), not at 2.5 or 3.5
@@ -634,16 +694,21 @@ def compare_figure(df: pd.DataFrame, metric: str = "peak_allocated", top: int = 
 
 # -- trends ----------------------------------------------------------------------------------------
 def history_figure(
-    hist: pd.DataFrame, metric: str = "peak_allocated", *, verdicts: dict[str, str] | None = None
+    hist: pd.DataFrame,
+    metric: str = "peak_allocated",
+    *,
+    verdicts: dict[str, str] | None = None,
+    per: str = "night",
 ) -> go.Figure:
-    """One cell's metric across nightly runs (x = run start, UTC); failed nights as crosses at
-    the bottom; nights judged `regression` / `suspicious` (verdicts: run_id → verdict) marked."""
+    """One cell's metric across runs (x = run start, UTC; `per` names a run: night, sweep);
+    failed runs as crosses at the bottom; nights judged `regression` / `suspicious`
+    (verdicts: run_id → verdict) marked."""
     label = Q.METRICS.get(metric, metric)
-    title = f"{label} per night"
+    title = f"{label} per {per}"
     hist = _safe(hist)
     verdicts = {L.html_text(r): v for r, v in (verdicts or {}).items()}
     if hist.empty:
-        return _empty(title, "no nightly history for this cell")
+        return _empty(title, f"no history across {per}s for this cell")
     h = hist.assign(when=pd.to_datetime(hist["started_at"], unit="s"))
     ok = h[(h["status"] == "ok") & h["value"].notna()]
     div, unit = byte_unit(ok["value"]) if len(ok) else (float(MiB), "MiB")
@@ -692,7 +757,7 @@ def history_figure(
             )
     fig.update_layout(
         title=title,
-        xaxis_title="night (run start, UTC)",
+        xaxis_title=f"{per} (run start, UTC)",
         yaxis_title=f"{label} ({unit}, 1024-based)",
         height=420,
     )

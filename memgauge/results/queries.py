@@ -271,6 +271,21 @@ def run_label(r: dict[str, Any]) -> str:
     return L.run_label(r, comparable=comparable(r) if "cells" in r else None)
 
 
+CUDA_ONLY_METRICS = ("peak_reserved", "device_used_peak")
+"""metrics only a CUDA device measures (a caching allocator's reserve, NVML's device counter)"""
+
+
+def measured_metrics(store: Store, runs: Sequence[str] = ()) -> list[str]:
+    """The `METRICS` some successful cell of these runs (all runs when empty) measured, in
+    `METRICS` order: a CPU run has no peak reserved or device-used counter."""
+    q = sa.select(*[sa.func.count(R.c[m]).label(m) for m in METRICS]).where(R.c.status == "ok")
+    if runs:
+        q = q.where(R.c.run_id.in_(list(runs)))
+    with store.connect() as con:
+        counts = con.execute(q).mappings().one()
+    return [m for m in METRICS if counts[m]]
+
+
 def status_counts(store: Store, run_id: str) -> dict[str, int]:
     """{status: count} for one run, every status present (0 where none)."""
     q = sa.select(R.c.status, sa.func.count()).where(R.c.run_id == run_id).group_by(R.c.status)

@@ -126,22 +126,24 @@ def test_breakdown(monkeypatch, smoke_url):
     assert "at the peak (measured)" in alive.columns and "parameters" in set(alive["category"])
 
 
-@pytest.mark.parametrize("page", ["scaling", "combinations", "estimate", "timeline"])
+@pytest.mark.parametrize("page", ["scaling", "combinations", "estimate", "timeline", "trends"])
 def test_chart_pages(monkeypatch, smoke_url, page):
     at = _app(monkeypatch, smoke_url, page)
     _ok(at)
     assert _charts(at), f"{page} drew no chart"
 
 
-@pytest.mark.parametrize("page", ["compare", "trends"])
-def test_pages_explain_what_the_smoke_store_lacks(monkeypatch, smoke_url, page):
-    at = _app(monkeypatch, smoke_url, page)
+def test_compare_explains_what_the_smoke_store_lacks(monkeypatch, smoke_url):
+    at = _app(monkeypatch, smoke_url, "compare")
     _ok(at)
-    expected = {
-        "compare": "comparing needs two",
-        "trends": "No nightly history yet",
-    }[page]
-    assert expected in _texts(at)
+    assert "comparing needs two" in _texts(at)
+
+
+def test_cpu_run_offers_only_what_it_measured(monkeypatch, smoke_url):
+    at = _app(monkeypatch, smoke_url)
+    _ok(at)
+    assert at.selectbox(key="metric").options == ["peak allocated", "host peak RSS"]
+    assert "not offered: peak reserved, device used (NVML) (CUDA-only" in _texts(at)
 
 
 def test_estimate_numbers_and_fit(monkeypatch, smoke_url):
@@ -191,6 +193,16 @@ def test_compare_two_runs_warns_on_environment(monkeypatch, synth_url):
     table = at.dataframe[0].value
     assert set(table["techniques"]) == {"baseline", "lora"}
     assert _charts(at)
+
+
+def test_trends_across_sweeps(monkeypatch, synth_url):
+    at = _app(monkeypatch, synth_url, "trends")
+    at.radio(key="tr_kind").set_value("sweep").run()
+    _ok(at)
+    hist = _charts(at)[0]
+    # the baseline cell in sweep-a, sweep-b and zz-timeline (all sweeps of the same cell)
+    assert len(hist["data"][0]["x"]) == 3
+    assert "per sweep" in hist["layout"]["title"]["text"]
 
 
 def test_trends_with_history(monkeypatch, synth_url):

@@ -44,9 +44,11 @@ def test_pareto_scatter_marks_the_frontier(synth):
     assert list(front.y) == pytest.approx([600, 900, 1100])
     assert fig.layout.xaxis.title.text == "peak allocated (MiB, 1024-based)"
     assert "tokens/s" in fig.layout.yaxis.title.text
-    cells = _trace(fig, "cells (colour = quality cost)")
+    cells = _trace(fig, "cells (colour = Δloss vs baseline)")
     assert len(cells.x) == 5  # the oom cell is not drawn
     assert fig.layout.yaxis.type == "linear"  # 600..1100 t/s: no need for a log axis
+    # the frontier's points say their technique set
+    assert list(front.text) == ["checkpoint + lora", "lora", "tie_embeddings"]
 
 
 def test_pareto_scatter_one_frontier_per_mode_and_log_axis(synth):
@@ -55,6 +57,16 @@ def test_pareto_scatter_one_frontier_per_mode_and_log_axis(synth):
     fig = F.pareto_scatter(points)
     names = [t.name for t in fig.data if t.name.startswith("Pareto")]
     assert names == ["Pareto frontier: llama-tiny · prefill", "Pareto frontier: llama-tiny · train"]
+    # Δloss (train) and KL (inference) are other units: one colour scale each
+    scales = [t for t in fig.data if t.name.startswith("cells (colour")]
+    assert [t.name for t in scales] == [
+        "cells (colour = Δloss vs baseline)",
+        "cells (colour = KL to baseline)",
+    ]
+    assert scales[0].marker.colorbar.x != scales[1].marker.colorbar.x
+    # a clean log axis: labelled ticks at 1-2-5 steps, no minor-tick clutter
+    assert fig.layout.yaxis.tickmode == "array"
+    assert all(str(t).replace(",", "").isdigit() for t in fig.layout.yaxis.ticktext)
     assert fig.layout.yaxis.type == "log"  # prefill's 50k t/s beside train's 600
 
 
@@ -119,6 +131,18 @@ def test_scaling_figure_marks_oom_and_device_line(synth):
     assert any("device memory 24.00 GiB" in (a.text or "") for a in fig.layout.annotations)
     with pytest.raises(ValueError, match="axis"):
         F.scaling_figure(df, "steps")
+
+
+def test_scaling_axis_stops_at_the_data(synth):
+    """A CPU run's "device" is the host's RAM: without an OOM the axis must not reach it."""
+    st, rid = synth
+    df = Q.scaling(st, rid, model="llama-tiny", mode="train", dtype="float32", device="cpu")
+    ok = df[(df["seq_len"] == 64) & (df["status"] == "ok")]
+    fig = F.scaling_figure(ok, "batch", device_memory=128 * GiB)
+    assert not fig.layout.shapes  # no device line 700x above the data
+    assert any("not drawn" in (a.text or "") for a in fig.layout.annotations)
+    lo, hi = fig.layout.yaxis.range  # log10 of MiB; the measured values are 100 and 180 MiB
+    assert 10**lo < 100 and 180 < 10**hi < 180 * 2
 
 
 def test_combination_figures(synth):

@@ -106,7 +106,9 @@ def test_html_is_self_contained_and_escaped(report_store, tmp_path):
     text = path.read_text()
     assert EVIL_MODEL not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert not re.search(r"<script[^>]*\ssrc=", text)  # plotly.js is inline: works offline
-    assert text.count("Plotly.newPlot") >= 3
+    assert text.count('class="mg-figure"') >= 3 and text.count('id="mg-plotly"') == 1
+    # plotly.js once, packed: a few hundred KB, not the 4.8 MB of the full bundle
+    assert len(text.encode()) < 1_000_000
     for h in (
         "Environment",
         "Savings per technique",
@@ -323,3 +325,41 @@ def test_html_opens_in_headless_chromium_without_errors(report_store, tmp_path):
     assert errors == [] and dialogs == []
     assert n_plots >= 3
     assert cell_text.startswith(EVIL_MODEL)  # shown as text, never run
+
+
+def test_csv_and_parquet_carry_the_breakdown_and_name_the_baseline(report_store, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    st, _, new = report_store
+    (path,) = write_report(st, tmp_path / "r.csv", "csv", run_id=new)
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    (ppath,) = write_report(st, tmp_path / "r.parquet", "parquet", run_id=new)
+    back = pq.read_table(ppath).to_pylist()
+    stored = {(r["id"], r["category"]): r["bytes"] for r in _breakdown_rows(st, new)}
+    assert stored, "the fixture records a breakdown"
+    for table in (rows, back):
+        assert "baseline" in {r["techniques"] for r in table}
+        assert "" not in {r["techniques"] for r in table}
+        for r in table:
+            rid = int(r["result_id"])
+            for cat in ("parameters", "activations"):
+                v = r[f"at_peak_{cat}"]
+                if r["status"] == "ok":
+                    assert int(v) == stored.get((rid, cat), 0), (rid, cat)
+                else:
+                    assert v in ("", None)  # an OOM recorded no breakdown
+
+
+def _breakdown_rows(st, run_id):
+    import sqlalchemy as sa
+
+    from memgauge.results import schema as S
+
+    R, B = S.results, S.breakdown
+    q = (
+        sa.select(R.c.id, B.c.category, B.c.bytes)
+        .select_from(B.join(R, R.c.id == B.c.result_id))
+        .where(R.c.run_id == run_id, B.c.kind == "peak")
+    )
+    with st.connect() as con:
+        return [dict(r) for r in con.execute(q).mappings()]

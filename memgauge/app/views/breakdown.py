@@ -70,6 +70,13 @@ if not df.empty:
         ),
         hide_index=True,
     )
+    at_peak = alive.set_index("category")["peak"]
+    if workload["mode"] == "train" and not (at_peak.get("activations") or 0):
+        st.caption(
+            "activations 0 B: this step's peak came after backward had freed the activations, "
+            "in the optimizer step (new optimizer state beside the gradients), so nothing of "
+            "the forward pass was alive at it."
+        )
     r = df.iloc[t]
     st.caption(
         f"peak allocated {fmt_bytes(r['peak_allocated'])} · peak reserved "

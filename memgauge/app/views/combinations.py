@@ -14,7 +14,7 @@ C.require_results()
 
 left, right = st.columns([3, 1])
 run = C.run_picker(container=left)
-metric = C.metric_picker(container=right)
+metric = C.metric_picker(container=right, runs=run)
 
 rows = C.cached(K.combination_rows, run, metric)
 marginal = K.marginal_savings(rows)
@@ -33,8 +33,5 @@ st.caption(
 )
 
 with st.expander("Tables"):
-    st.dataframe(C.bytes_columns(marginal, ["saving_bytes"]), hide_index=True)
-    st.dataframe(
-        C.bytes_columns(inter, ["measured_bytes", "additive_bytes", "interaction_bytes"]),
-        hide_index=True,
-    )
+    C.table(C.bytes_columns(marginal, ["saving_bytes"]))
+    C.table(C.bytes_columns(inter, ["measured_bytes", "additive_bytes", "interaction_bytes"]))

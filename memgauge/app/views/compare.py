@@ -26,7 +26,7 @@ a_at = next(
 c1, c2, c3 = st.columns([2, 2, 1])
 run_a = C.run_picker("run A (before)", key="cmp_a", default_index=a_at, container=c1)
 run_b = C.run_picker("run B (after)", key="cmp_b", default_index=b_at, container=c2)
-metric = C.metric_picker(container=c3)
+metric = C.metric_picker(container=c3, runs=(run_a, run_b))
 
 if run_a == run_b:
     n = len(C.cached(Q.runs_frame))
@@ -63,7 +63,4 @@ st.caption(
 table = C.bytes_columns(C.techniques_column(df), ["a_value", "b_value", "delta"])
 for c in ("delta_frac", "tps_delta_frac"):
     table[c] = (table[c].astype(float) * 100).round(2)
-st.dataframe(
-    table.rename(columns={"delta_frac": "Δ memory %", "tps_delta_frac": "Δ tokens/s %"}),
-    hide_index=True,
-)
+C.table(table.rename(columns={"delta_frac": "Δ memory %", "tps_delta_frac": "Δ tokens/s %"}))

@@ -48,7 +48,7 @@ filters = Q.Filters(
     seq_lens=pick("sequence length", "seq_len"),
     statuses=pick("status", "status"),
 )
-metric = C.metric_picker(container=side)
+metric = C.metric_picker(container=side, runs=tuple(picked))
 
 points, total = C.cached(Q.explore, filters, metric)
 st.caption(
@@ -58,9 +58,9 @@ st.caption(
 st.plotly_chart(F.pareto_scatter(points, metric), key="scatter")
 st.caption(
     "Open circles joined by a dotted step line, one colour per model · mode: the Pareto "
-    "frontier (no other cell uses less memory and is faster). Dot colour: "
-    + Q.QUALITY_COST_LABEL
-    + "."
+    "frontier (no other cell uses less memory and is faster), each point named by its "
+    "technique set. Dot colour: Δloss against the baseline for training, KL to the baseline "
+    "for inference, each on its own scale (they are different units)."
 )
 
 groups = points.loc[points["status"] == "ok", ["model", "mode"]].drop_duplicates()
@@ -74,7 +74,7 @@ shown = points.head(Q.MAX_TABLE_ROWS)
 table = C.bytes_columns(
     C.techniques_column(shown).rename(columns={"value": metric}), [metric, "analytic_peak"]
 )
-st.dataframe(table, hide_index=True)
+C.table(table)
 st.download_button(
     "Download these rows as CSV",
     frame_csv(points).encode(),

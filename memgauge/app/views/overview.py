@@ -16,7 +16,7 @@ C.require_results()
 
 left, right = st.columns([3, 1])
 run = C.run_picker(container=left)
-metric = C.metric_picker(container=right)
+metric = C.metric_picker(container=right, runs=run)
 
 groups = Q.status_groups(C.cached(Q.status_counts, run))
 for col, (name, n) in zip(st.columns(len(groups)), groups.items(), strict=True):
@@ -44,17 +44,16 @@ else:
         **{
             "budget ≥": best["budget"].map(fmt_bytes),
             "techniques": best["techniques"].map(Q.technique_label),
-            "tokens/s": best["tokens_per_s"].round(1),
+            "tokens/s": best["tokens_per_s"].round(0).astype("Int64"),
             "saving vs baseline": best["saving_frac"].map(
                 lambda v: "—" if v is None or v != v else f"{v:+.1%}"
             ),
             "quality cost": best["quality_cost"],
         },
     )
-    st.dataframe(
+    C.table(
         table[
             ["workload", "budget ≥", "techniques", "tokens/s", "saving vs baseline", "quality cost"]
-        ].head(Q.MAX_TABLE_ROWS),
-        hide_index=True,
+        ].head(Q.MAX_TABLE_ROWS)
     )
     st.caption(Q.QUALITY_COST_LABEL)

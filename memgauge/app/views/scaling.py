@@ -32,7 +32,7 @@ axis = cols[1].radio(
     key="sc_axis",
     format_func={"batch": "batch size", "seq_len": "sequence length"}.get,
 )
-metric = C.metric_picker(container=cols[2])
+metric = C.metric_picker(container=cols[2], runs=run)
 
 df = C.cached(Q.scaling, run, metric=metric, **groups[g])
 other = "seq_len" if axis == "batch" else "batch"

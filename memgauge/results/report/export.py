@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from memgauge.results import schema as S
-from memgauge.results.report.tables import REPORT_SCHEMA, ReportData
+from memgauge.results.report.tables import BREAKDOWN_PREFIX, REPORT_SCHEMA, ReportData
 
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -48,6 +48,8 @@ def _kind(col: str) -> str:
     """int | float | bool | str: the type of a flat-row column (the schema's own split)."""
     if col in S.METRIC_COLUMNS:
         return "int" if col in S._BIG else "float"  # noqa: SLF001
+    if col.startswith(BREAKDOWN_PREFIX) and col[len(BREAKDOWN_PREFIX) :] in S.CATEGORIES:
+        return "int"
     if col in (
         "n_techniques",
         "batch",

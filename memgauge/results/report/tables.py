@@ -99,16 +99,30 @@ def _cell(r: dict[str, Any]) -> str:
 
 
 # -- tables ---------------------------------------------------------------------------------------
+BREAKDOWN_PREFIX = "at_peak_"
+"""flat-row columns `at_peak_<category>`: bytes of each category alive at the peak"""
+
+
 def flat_rows(store: Store, run: dict[str, Any]) -> list[dict[str, Any]]:
-    """The run's result rows, each with the run and its own environment's provenance."""
+    """The run's result rows, each with the run and its own environment's provenance, the
+    technique set as people read it ("baseline" for none) and the breakdown at the peak as
+    one `at_peak_<category>` column per category (None where the cell recorded none)."""
     run_env = json.loads(run.get("env_json") or "{}")
+    R, B = S.results, S.breakdown
     with store.read_engine.connect() as con:
         rows = [
             dict(r)
             for r in con.execute(
-                sa.select(S.results).where(S.results.c.run_id == run["id"]).order_by(S.results.c.id)
+                sa.select(R).where(R.c.run_id == run["id"]).order_by(R.c.id)
             ).mappings()
         ]
+        at_peak: dict[int, dict[str, int]] = {}
+        for rid, cat, nbytes in con.execute(
+            sa.select(B.c.result_id, B.c.category, B.c.bytes)
+            .select_from(B.join(R, R.c.id == B.c.result_id))
+            .where(R.c.run_id == run["id"], B.c.kind == "peak")
+        ):
+            at_peak.setdefault(rid, {})[cat] = int(nbytes)
     out = []
     for r in rows:
         # the worker's own env first (it saw torch and the device), the parent's for the rest
@@ -129,6 +143,13 @@ def flat_rows(store: Store, run: dict[str, Any]) -> list[dict[str, Any]]:
                 "run_started_at": _iso(run.get("started_at")),
                 "label": _cell(r),
                 **{k: v for k, v in r.items() if k not in ("id", "created_at", "run_id")},
+                "techniques": L.technique_label(r["techniques"]),
+                **{
+                    f"{BREAKDOWN_PREFIX}{c}": (
+                        at_peak[r["id"]].get(c, 0) if r["id"] in at_peak else None
+                    )
+                    for c in S.CATEGORIES
+                },
                 "created_at": _iso(r["created_at"]),
                 "result_id": r["id"],
                 **{k: env.get(k) for k in ENV_COLUMNS},
