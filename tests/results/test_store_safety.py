@@ -200,3 +200,30 @@ def test_a_full_disk_at_store_creation_leaves_no_file(full_disk):
     assert p.returncode == 2 and "cannot create the store" in p.stderr
     assert "Traceback" not in p.stderr
     assert sorted(os.listdir(full_disk)) == ["filler"]
+
+
+def test_an_immutable_store_refuses_run_before_measuring_and_report_reads_it(tmp_path):
+    """`chattr +i` (root, ext4/xfs): `run` used to measure for seconds and lose the result."""
+    path = tmp_path / "s.sqlite"
+    st = Store.open(str(path))
+    rid = st.create_run(suite="q", kind="sweep", env={}, config={}, cells_planned=0)
+    st.close()
+    if (
+        os.geteuid() != 0
+        or subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode
+    ):
+        pytest.skip("chattr +i needs root on a filesystem that supports it")
+    try:
+        before = _digest(path)
+        p = _cli(
+            "--store", str(path), "run", "--model", "llama-tiny", "--mode", "prefill", "--json"
+        )
+        assert p.returncode == 2 and "read-only" in p.stderr and "Traceback" not in p.stderr
+        assert "peak" not in p.stdout  # refused before measuring: nothing to lose
+        out = tmp_path / "r.json"
+        p = _cli("--store", str(path), "report", "--format", "json", "-o", str(out))
+        assert p.returncode == 0, p.stderr
+        assert rid in out.read_text()
+        assert _digest(path) == before
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], capture_output=True)
