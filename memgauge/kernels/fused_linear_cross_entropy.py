@@ -22,7 +22,8 @@ Memory arithmetic (N tokens, H hidden, V vocabulary; fp32 = 4 bytes, bf16 = 2 by
   Choosing C ~ N*H/V (see `default_chunk_size`) makes the (C, V) buffer as large (in elements)
   as the hidden states (N, H): the transient cost stops growing with V, and the peak becomes
   ~ N*H + V*H elements instead of ~ 4*N*V. For N=16384, H=4096, V=128256: C = 512,
-  one chunk buffer = 512*128256*4 B = 250 MiB instead of ~30 GiB of logits.
+  one chunk buffer = 512*128256*4 B = 250 MiB instead of ~30 GiB of logits. C is never
+  below MIN_CHUNK_TOKENS (512) rows, where CPU GEMMs stay near their speed.
 
 Cost: the same three matmuls as the unfused path (logits, grad_hidden, grad_weight), done in
 N/C slices; no recomputation unless `reduction="none"`, whose per-token upstream gradient is
@@ -31,7 +32,10 @@ only known in backward, so that case recomputes the logits chunk by chunk in bac
 Two implementations of the per-chunk softmax / loss / gradient step share the chunk loop:
 PyTorch ops (any device), and a Triton kernel (CUDA, or CPU under TRITON_INTERPRET=1) that
 reads each row of logits twice and overwrites it with its gradient. Matmuls are done by torch
-in both.
+in both, into one (C, V) buffer reused by every chunk. On CPU the torch path runs ATen's
+log_softmax in place on that buffer (one pass per row, hot in cache), exponentiates it in
+place and leaves the per-row scale (1/n for the mean) to the (C, H) operands of the two
+gradient GEMMs, so the (C, V) data is touched by three GEMMs and two elementwise passes.
 """
 
 from __future__ import annotations
@@ -51,11 +55,13 @@ _REDUCTIONS = ("mean", "sum", "none")
 _IMPLS = ("auto", "torch", "triton")
 
 # Floor on the chunk: every chunk reads and writes the whole fp32 grad_weight accumulator
-# (V*H*8 bytes of traffic) for a GEMM of 2*V*H*C FLOPs, i.e. C/4 FLOP per byte; below a few
-# hundred rows the step turns memory-bound (measured on a 2-core CPU at N=4096, H=512,
-# V=32000: C=64 took 2x as long as C=256). 256 rows of V=128256 fp32 logits are 125 MiB,
-# small next to that accumulator (2 GiB at H=4096).
-MIN_CHUNK_TOKENS = 256
+# (V*H*8 bytes of traffic) for a GEMM of 2*V*H*C FLOPs, i.e. C/4 FLOP per byte, and a CPU
+# GEMM with few rows runs below its peak (it packs the whole (V, H) weight for every call).
+# Measured on a 2-core CPU at N=4096, H=512, V=32000, side by side, CPU seconds per step:
+# C=256 3.98, C=512 3.52, C=1024 3.34 (the unfused baseline: 4.13); C=64 took 2x C=256.
+# 512 rows keep the buffer at or below grad_weight's own size wherever H >= 512 (32000 x 512:
+# 62.5 MiB; 128256 x 4096: 250 MiB next to a 2 GiB accumulator).
+MIN_CHUNK_TOKENS = 512
 
 
 # --- Triton availability --------------------------------------------------------------------
@@ -124,7 +130,7 @@ def default_chunk_size(n_tokens: int, hidden_size: int, vocab_size: int) -> int:
 
     C = N*H/V rounded down to a power of two (so the budget is never exceeded by more than the
     MIN_CHUNK_TOKENS floor), at least MIN_CHUNK_TOKENS and at most N. Examples:
-    N=4096, H=512, V=32000 -> 64, raised to 256 (one chunk: 31 MiB fp32 vs 500 MiB for all
+    N=4096, H=512, V=32000 -> 64, raised to 512 (one chunk: 62.5 MiB fp32 vs 500 MiB for all
     logits); N=16384, H=4096, V=128256 -> 512 (250 MiB vs 7.8 GiB).
     """
     if n_tokens <= 0:
@@ -145,6 +151,11 @@ def default_chunk_size(n_tokens: int, hidden_size: int, vocab_size: int) -> int:
 # Row loss, with s = label_smoothing (F.cross_entropy's definition):
 #   (1 - s) * (lse - x_y) + s * (lse - mean_j x_j),    lse = logsumexp_j x_j
 # and its gradient:  softmax(x) - s / V - (1 - s) * onehot(y).
+# The Triton kernel multiplies each row by its grad_scale while it writes it. The torch path
+# leaves the rows unscaled (`_SCALES_ROWS`) and the chunk loop applies the scale to the small
+# operands instead, (C, H) rather than (C, V): grad_hidden's rows after their GEMM, hidden's
+# rows before grad_weight's GEMM, `scale` itself for grad_bias. One pass over the (C, V)
+# buffer fewer, the same products up to rounding.
 
 CeRows = Callable[
     [torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None", int, float], None
@@ -159,29 +170,43 @@ def _ce_rows_torch(
     ignore_index: int,
     label_smoothing: float,
 ) -> None:
+    """The contract above, with the gradient left unscaled (any non-None grad_scale asks for
+    it). Every step is in place on the (C, V) buffer: nothing of that size is allocated."""
     vocab = logits.shape[1]
     valid = labels != ignore_index
     safe_labels = torch.where(valid, labels, torch.zeros_like(labels)).unsqueeze(1)  # (C, 1)
-    # Shift by the row max exactly as log_softmax does, so NaN/inf appear where
-    # F.cross_entropy's do; every step below is in place on the (C, V) buffer.
-    logits.sub_(logits.amax(dim=1, keepdim=True))  # (C, V) x - max
-    x_y = logits.gather(1, safe_labels).squeeze(1)  # (C,)
-    x_mean = logits.mean(dim=1) if label_smoothing > 0 else None
-    logits.exp_()
-    sum_exp = logits.sum(dim=1)  # (C,)
-    lse = sum_exp.log()  # (C,) log-sum-exp of the shifted row
-    loss = lse - x_y
-    if x_mean is not None:
-        loss = (1.0 - label_smoothing) * loss + label_smoothing * (lse - x_mean)
+    if logits.device.type == "cpu":
+        # ATen's CPU log_softmax reduces each row (max, sum of exp) before it writes that row
+        # elementwise, so `out=` its own input is exact: one pass, the row hot in cache, and
+        # the very kernel F.cross_entropy runs (NaN/inf land where they land there).
+        torch.log_softmax(logits, 1, out=logits)  # (C, V) log p
+        loss = -logits.gather(1, safe_labels).squeeze(1)  # (C,)
+        if label_smoothing > 0:
+            loss = (1.0 - label_smoothing) * loss - label_smoothing * logits.mean(dim=1)
+        if grad_scale is not None:
+            logits.exp_()  # (C, V) softmax
+    else:
+        # Shift by the row max exactly as log_softmax does (no in-place log_softmax assumed).
+        logits.sub_(logits.amax(dim=1, keepdim=True))  # (C, V) x - max
+        x_y = logits.gather(1, safe_labels).squeeze(1)  # (C,)
+        x_mean = logits.mean(dim=1) if label_smoothing > 0 else None
+        logits.exp_()
+        sum_exp = logits.sum(dim=1)  # (C,)
+        lse = sum_exp.log()  # (C,) log-sum-exp of the shifted row
+        loss = lse - x_y
+        if x_mean is not None:
+            loss = (1.0 - label_smoothing) * loss + label_smoothing * (lse - x_mean)
+        if grad_scale is not None:
+            logits.mul_(sum_exp.reciprocal_().unsqueeze(1))  # (C, V) softmax
     loss_out.copy_(torch.where(valid, loss, torch.zeros_like(loss)))
     if grad_scale is None:
         return
-    # (softmax - s/V - (1-s) * onehot) * scale, as one multiply and two small corrections.
-    scale = grad_scale.to(torch.float32).unsqueeze(1)  # (C, 1)
-    logits.mul_(scale / sum_exp.unsqueeze(1))
     if label_smoothing > 0:
-        logits.sub_(scale * (label_smoothing / vocab))
-    logits.scatter_add_(1, safe_labels, scale * -(1.0 - label_smoothing))
+        logits.sub_(label_smoothing / vocab)
+    # -(1 - s) at each row's label (ignored rows too: their scale of 0 removes them later).
+    logits.scatter_add_(
+        1, safe_labels, torch.full_like(safe_labels, -(1.0 - label_smoothing), dtype=logits.dtype)
+    )
 
 
 @functools.cache
@@ -299,23 +324,31 @@ def _ce_rows_triton(
 
 
 _CE_ROWS: dict[str, CeRows] = {"torch": _ce_rows_torch, "triton": _ce_rows_triton}
+_SCALES_ROWS = {"torch": False, "triton": True}  # does ce_rows apply grad_scale itself?
 
 
 # --- Chunk loop -----------------------------------------------------------------------------
 
 
-def _addmm_fp32_(
-    acc: torch.Tensor, grad_logits: torch.Tensor, grad_logits_lp: torch.Tensor, x: torch.Tensor
+def _grad_weight_addmm_(
+    acc: torch.Tensor,
+    grad_logits: torch.Tensor,
+    grad_logits_lp: torch.Tensor,
+    x: torch.Tensor,
+    row_scale: torch.Tensor | None,
 ) -> None:
-    """acc (V, H) fp32 += grad_logits.T (V, C) @ x (C, H), without a (V, H) temporary."""
+    """acc (V, H) fp32 += grad_logits.T (V, C) @ (row_scale * x) (C, H), no (V, H) temporary.
+
+    row_scale (C, 1) fp32 is the per-row scale that ce_rows did not apply (None: it did);
+    grad_logits_lp is grad_logits in x's dtype, already scaled when row_scale is given."""
     if x.dtype == torch.float32:
-        acc.addmm_(grad_logits.t(), x)
+        acc.addmm_(grad_logits.t(), x if row_scale is None else x * row_scale)
     elif acc.is_cuda and torch.cuda.get_device_capability(acc.device)[0] >= 8:
         # bf16/fp16 operands, fp32 output: tensor-core speed, fp32 accumulation across chunks.
         torch.addmm(acc, grad_logits_lp.t(), x, out_dtype=torch.float32, out=acc)
     else:
         # Upcast the (C, H) chunk, not the (V, H) product.
-        acc.addmm_(grad_logits.t(), x.float())
+        acc.addmm_(grad_logits.t(), x.float() if row_scale is None else x.float() * row_scale)
 
 
 def _loss_and_grads(
@@ -331,14 +364,17 @@ def _loss_and_grads(
     need_grad_hidden: bool,
     need_grad_weight: bool,
     need_grad_bias: bool,
-    ce_rows: CeRows,
+    impl: str,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Per-token losses (N,) fp32 and, if row_grad_scale is given, the gradients of
     sum_i row_grad_scale[i] * loss[i] wrt hidden (input dtype), weight and bias (fp32)."""
     n_tokens, hidden_size = hidden.shape
     vocab = weight.shape[0]
+    ce_rows, kernel_scales = _CE_ROWS[impl], _SCALES_ROWS[impl]
     want_grads = row_grad_scale is not None
-    loss_rows = torch.empty(n_tokens, dtype=torch.float32, device=hidden.device)
+    low_precision = hidden.dtype != torch.float32
+    device = hidden.device
+    loss_rows = torch.empty(n_tokens, dtype=torch.float32, device=device)
     grad_hidden = torch.empty_like(hidden) if want_grads and need_grad_hidden else None
     grad_weight = (
         torch.zeros(vocab, hidden_size, dtype=torch.float32, device=weight.device)
@@ -351,32 +387,57 @@ def _loss_and_grads(
         else None
     )
     bias32 = bias.float() if bias is not None else None  # (V,), tiny
+    # One (C, V) fp32 buffer for every chunk (and its 16-bit copy for low-precision inputs):
+    # a fresh one per chunk costs the allocator a page-faulted mmap each time on CPU.
+    rows = min(chunk_size, n_tokens)
+    buf = torch.empty(rows, vocab, dtype=torch.float32, device=device)
+    buf_lp = (
+        torch.empty(rows, vocab, dtype=hidden.dtype, device=device)
+        if want_grads and low_precision
+        else None
+    )
 
     for start in range(0, n_tokens, chunk_size):
         end = min(start + chunk_size, n_tokens)
         x = hidden[start:end]  # (C, H)
-        logits = x @ weight.t()  # (C, V), input dtype, fp32 accumulation inside the GEMM
-        if logits.dtype != torch.float32:
-            logits = logits.float()  # the bf16 chunk is freed here
-        if bias32 is not None:
-            logits.add_(bias32)
+        logits = buf[: end - start]  # (C, V) fp32, contiguous
+        if low_precision:
+            # (C, V) in the input dtype (fp32 accumulation inside the GEMM), then upcast.
+            logits.copy_(x @ weight.t())
+            if bias32 is not None:
+                logits.add_(bias32)
+        elif bias32 is not None:
+            torch.addmm(bias32, x, weight.t(), out=logits)
+        else:
+            torch.mm(x, weight.t(), out=logits)
         scale = row_grad_scale[start:end] if want_grads else None
         ce_rows(
             logits, labels[start:end], loss_rows[start:end], scale, ignore_index, label_smoothing
         )
-        if not want_grads:
+        if scale is None:
             continue
         grad_logits = logits  # (C, V) fp32, overwritten in place by ce_rows
-        grad_logits_lp = (
-            grad_logits if hidden.dtype == torch.float32 else grad_logits.to(hidden.dtype)
-        )
+        # row_scale: the (C, 1) scale still to apply, None when ce_rows applied it
+        row_scale = None if kernel_scales else scale.to(torch.float32).unsqueeze(1)
+        grad_logits_lp = grad_logits
+        if low_precision:
+            grad_logits_lp = buf_lp[: end - start]
+            if row_scale is None:
+                grad_logits_lp.copy_(grad_logits)
+            else:
+                torch.mul(grad_logits, row_scale, out=grad_logits_lp)
         if grad_bias is not None:
-            grad_bias.add_(grad_logits.sum(dim=0))
+            if row_scale is None:
+                grad_bias.add_(grad_logits.sum(dim=0))
+            else:
+                grad_bias.addmv_(grad_logits.t(), row_scale.squeeze(1))
         if grad_weight is not None:
-            _addmm_fp32_(grad_weight, grad_logits, grad_logits_lp, x)
+            _grad_weight_addmm_(grad_weight, grad_logits, grad_logits_lp, x, row_scale)
         if grad_hidden is not None:
-            torch.mm(grad_logits_lp, weight, out=grad_hidden[start:end])  # (C, H)
-        del logits, grad_logits, grad_logits_lp
+            out = grad_hidden[start:end]  # (C, H)
+            torch.mm(grad_logits_lp, weight, out=out)
+            if row_scale is not None and not low_precision:
+                out.mul_(row_scale)
     return loss_rows, grad_hidden, grad_weight, grad_bias
 
 
@@ -409,7 +470,7 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
             need_grad_hidden=needs_grad[0],
             need_grad_weight=needs_grad[1],
             need_grad_bias=needs_grad[2],
-            ce_rows=_CE_ROWS[impl],
+            impl=impl,
         )
         if reduction == "none":
             # The per-token upstream gradient is only known in backward: recompute there.
@@ -461,7 +522,7 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
                 need_grad_hidden=ctx.needs_input_grad[0],
                 need_grad_weight=ctx.needs_input_grad[1],
                 need_grad_bias=ctx.needs_input_grad[2],
-                ce_rows=_CE_ROWS[ctx.impl],
+                impl=ctx.impl,
             )
             grads = _cast_grads((g_hidden, g_weight, g_bias), ctx.dtypes)
         else:

@@ -241,10 +241,12 @@ def test_interpreter_switched_on_after_import_is_reported(monkeypatch):
 
 
 def test_default_chunk_size_keeps_a_chunk_near_the_size_of_the_hidden_states():
-    # C ~ N*H/V rounded down to a power of two, floor 256, never above N
+    # C ~ N*H/V rounded down to a power of two, floor 512, never above N
+    assert default_chunk_size(65536, 4096, 128256) == 2048
     assert default_chunk_size(16384, 4096, 128256) == 512
-    assert default_chunk_size(8192, 4096, 128256) == 256
-    assert default_chunk_size(4096, 512, 32000) == 256
+    assert default_chunk_size(8192, 4096, 128256) == 512
+    assert default_chunk_size(4096, 512, 32000) == 512
+    assert default_chunk_size(300, 512, 32000) == 300
     assert default_chunk_size(47, 31, 123) == 47
     assert default_chunk_size(0, 31, 123) == 1
 
