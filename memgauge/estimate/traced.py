@@ -283,9 +283,107 @@ def trace_cell(cell: Any) -> dict[str, Any]:
     return out
 
 
-def try_trace(cell: Any) -> tuple[dict[str, Any] | None, str | None]:
-    """(trace, None) or (None, reason): for callers that store the reason beside a null."""
+# --- one layer of each kind, extrapolated --------------------------------------------------
+#
+# Every decoder layer of the llama and gpt2 families is of one kind (same modules, same
+# shapes), and everything a step keeps per layer (weights, gradients, optimizer state, saved
+# activations, KV cache, per-parameter temporaries of a foreach optimizer) is the same for each
+# layer; what is not per layer (embeddings, LM head, logits, the inputs) does not depend on
+# the layer count. So the traced step of an L-layer model is that of an n-layer model plus
+# (L - n) times the cost of one layer, the difference between the n- and (n-1)-layer traces.
+# This holds only while the peak stays at the same point of the step, which small traces
+# check: models of 1, 2, 3, ... layers are traced until two consecutive per-layer increments
+# agree byte for byte, category by category, with the peak at the same op (a 1-layer model's
+# peak can sit elsewhere); at most MAX_EXTRAPOLATE_FROM layers, else the full model is traced.
+MAX_EXTRAPOLATE_FROM = 4
+
+
+def _model_with_layers(spec: Any, layers: int) -> str:
+    """The inline spec text of `spec` with `layers` decoder layers."""
+    from dataclasses import replace
+
+    small = replace(spec, layers=layers)
+    keys = ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab", "max_pos", "tie", "rope_theta")
+    return small.family + ":" + ",".join(f"{k}={getattr(small, k)}" for k in keys)
+
+
+def _increments(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """b - a for the peak, every category and the parameter counts, and b's peak op."""
+    out: dict[str, Any] = {"peak": b["peak"] - a["peak"]}
+    out.update({f"bd.{k}": b["breakdown"][k] - a["breakdown"][k] for k in a["breakdown"]})
+    out.update({f"params.{k}": b["params"][k] - a["params"][k] for k in a["params"]})
+    out["at"] = (a["peak_op"], a["peak_in_backward"], b["peak_op"], b["peak_in_backward"])
+    return out
+
+
+def trace_extrapolated(cell: Any) -> dict[str, Any]:
+    """trace_cell's result for `cell`, from small traces extrapolated to the model's layer
+    count when they agree (see above), else from the full trace.
+
+    `extrapolated` in the result says which: {'from_layers': [1, 2, 3], 'layers': L} or None,
+    with `extrapolation_reason`."""
+    from dataclasses import replace
+
+    from memgauge.cell import Cell
+    from memgauge.workloads.zoo import resolve_model
+
+    if isinstance(cell, dict):
+        cell = Cell.from_dict(cell)
+    t0 = time.perf_counter()
     try:
-        return trace_cell(cell), None
+        spec = resolve_model(cell.model)
+    except Exception:  # noqa: BLE001 - let the full trace report a bad model its own way
+        spec = None
+    reason = None
+    if spec is None or spec.checkpoint:
+        reason = "a checkpoint folder's weights are loaded whole"
+    elif spec.layers <= 3:
+        reason = f"{spec.layers} layers: traced in full"
+    if reason is None:
+        small: list[dict[str, Any]] = []
+        steps: list[dict[str, Any]] = []
+        for n in range(1, min(MAX_EXTRAPOLATE_FROM, spec.layers - 1) + 1):
+            small.append(trace_cell(replace(cell, model=_model_with_layers(spec, n))))
+            if len(small) >= 2:
+                steps.append(_increments(small[-2], small[-1]))
+            if len(steps) >= 2 and steps[-1] == steps[-2] and len(set(steps[-1]["at"])) <= 2:
+                break
+        else:
+            small = []
+        if small:
+            last, per_layer, extra = small[-1], steps[-1], spec.layers - len(small)
+            out = dict(last)
+            out["peak"] = last["peak"] + extra * per_layer["peak"]
+            out["breakdown"] = {
+                k: v + extra * per_layer[f"bd.{k}"] for k, v in last["breakdown"].items()
+            }
+            out["params"] = {
+                k: v + extra * per_layer[f"params.{k}"] for k, v in last["params"].items()
+            }
+            layers = list(range(1, len(small) + 1))
+            out["extrapolated"] = {"from_layers": layers, "layers": spec.layers}
+            out["extrapolation_reason"] = None
+            out["notes"] = list(last["notes"]) + [
+                f"traced with {', '.join(map(str, layers))} decoder layers and extrapolated "
+                f"to {spec.layers} (the last two per-layer increments are equal)"
+            ]
+            out["seconds"] = round(time.perf_counter() - t0, 3)
+            return out
+        reason = (
+            f"traces of 1-{min(MAX_EXTRAPOLATE_FROM, spec.layers - 1)} layers do not grow by "
+            "equal steps: traced in full"
+        )
+    out = trace_cell(cell)
+    out["extrapolated"] = None
+    out["extrapolation_reason"] = reason
+    out["seconds"] = round(time.perf_counter() - t0, 3)
+    return out
+
+
+def try_trace(cell: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """(trace, None) or (None, reason): for callers that store the reason beside a null.
+    Extrapolated from small traces where that is exact (`trace_extrapolated`)."""
+    try:
+        return trace_extrapolated(cell), None
     except TraceUnsupported as exc:
         return None, str(exc)
