@@ -85,6 +85,7 @@ def empty_result(cell: Cell) -> dict[str, Any]:
             "step_ms_p80": None,
             "tokens_per_s": None,
             "steps": None,
+            "passes": None,
         },
         "quality": {
             "loss": None,

@@ -18,6 +18,7 @@ timing), sharing one `_Run`:
 - `_quality_pass`: training loss on real text (train) or logit fidelity and perplexity against
   the unmodified model (prefill/decode);
 - `_prediction_pass`: the analytic and (unless the cell says `trace=False`) traced estimates.
+Each pass's wall seconds go into `timing.passes` (also for the passes before a failure).
 """
 
 from __future__ import annotations
@@ -222,17 +223,37 @@ def _run(cell_dict: dict[str, Any], result: dict[str, Any]) -> None:
     techniques = parse_techniques(cell.techniques)
     check_supported(cell, techniques)
     torch.manual_seed(cell.seed)
-    run = _setup(cell, techniques, result)
-    _warmup(run)
-    _timing_pass(run)
+    passes: dict[str, float] = {}  # wall seconds of each pass, in order (timing.passes)
+
+    @contextlib.contextmanager
+    def timed(name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            passes[name] = round(time.perf_counter() - t0, 4)
+            if isinstance(result.get("timing"), dict):
+                result["timing"]["passes"] = dict(passes)
+
+    with timed("setup"):
+        run = _setup(cell, techniques, result)
+    with timed("warmup"):
+        _warmup(run)
+    with timed("timing"):
+        _timing_pass(run)
     if run.dev.type == "cpu":
-        _cpu_peak_pass(run)
+        with timed("cpu_peak"):
+            _cpu_peak_pass(run)
     run.wl.last_cache = None
     if cell.breakdown:
-        _breakdown_pass(run)
-    _steady_pass(run)
-    _quality_pass(run)
-    _prediction_pass(run, techniques)
+        with timed("breakdown"):
+            _breakdown_pass(run)
+    with timed("steady"):
+        _steady_pass(run)
+    with timed("quality"):
+        _quality_pass(run)
+    with timed("prediction"):
+        _prediction_pass(run, techniques)
     result["status"] = "ok"
 
 

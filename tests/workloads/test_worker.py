@@ -89,3 +89,35 @@ def test_downsampled_timeline_keeps_the_peak():
     pts = [(float(i), (i * 7919) % 1000) for i in range(10_000)] + [(10_000.0, 5000)]
     out = downsample_timeline(pts, max_points=100)
     assert len(out) <= 102 and max(b for _, b in out) == 5000
+
+
+@pytest.mark.parametrize("mode", ["train", "decode"])
+def test_each_pass_reports_its_seconds(mode):
+    import time
+
+    t0 = time.perf_counter()
+    r = _run(mode=mode, decode_tokens=2, breakdown=mode == "train")
+    wall = time.perf_counter() - t0
+    passes = r["timing"]["passes"]
+    expected = ["setup", "warmup", "timing", "cpu_peak", "breakdown", "steady", "quality",
+                "prediction"]  # fmt: skip
+    if mode != "train":
+        expected.remove("breakdown")
+    assert list(passes) == expected
+    assert all(v > 0 for k, v in passes.items() if k != "steady"), passes
+    assert sum(passes.values()) <= wall
+
+
+def test_passes_before_a_failure_keep_their_seconds(monkeypatch):
+    import memgauge.workloads.worker as worker
+
+    def broken(run):
+        raise RuntimeError("quality pass broke")
+
+    monkeypatch.setattr(worker, "_quality_pass", broken)
+    cell = Cell(model=TINY, mode="train", batch=1, seq_len=16, steps=1, warmup=1,
+                quality_steps=1, breakdown=False)  # fmt: skip
+    r = run_cell(cell.to_dict())
+    assert r["status"] == "error" and "quality pass broke" in r["error"]
+    assert list(r["timing"]["passes"]) == ["setup", "warmup", "timing", "cpu_peak", "steady",
+                                           "quality"]  # fmt: skip
