@@ -1,0 +1,181 @@
+"""What the worker's own machinery costs: profiler overhead of the timing pass, and each pass's
+seconds over the quick suite's cells.
+
+    python -m benchmarks.bench_overhead --out results/bench_overhead.json
+
+1. Profiler overhead (issue 16 item 2), in one process on one cell: the worker's timing pass
+   (`_timing_pass`: host peak RSS, on CUDA the allocator stats and the NVML sampler, and the
+   step timer) against a bare loop of the same number of steps (step + synchronise, nothing
+   else), side by side in rounds, the order alternating. The ratio is the median over rounds of
+   pass seconds / bare seconds. Target: <= 1.02. The breakdown pass (one step under the storage
+   tracker) is reported beside it, as seconds / one bare step (no target).
+2. Pass seconds (item 5): every cell of the quick suite run in an isolated worker (as a sweep
+   runs it), each result's `timing.passes`. Target: for every cell, quality + prediction
+   seconds <= timing seconds.
+The machine may be shared: the load average before and after is recorded; the overhead ratio
+is a same-process, same-round ratio, so that load hits both sides alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+OVERHEAD_CELL = dict(model="llama-mini", mode="train", batch=4, seq_len=128, steps=3, rounds=1,
+                     warmup=1, quality_steps=0, breakdown=True)  # fmt: skip
+OVERHEAD_TARGET = 1.02
+
+
+def profiler_overhead(rounds: int, device: str) -> dict[str, Any]:
+    from memgauge.cell import Cell
+    from memgauge.result import empty_result
+    from memgauge.techniques import parse_techniques
+    from memgauge.workloads import worker
+
+    cell = Cell(device=device, **OVERHEAD_CELL)
+    result = empty_result(cell)
+    run = worker._setup(cell, parse_techniques(cell.techniques), result)
+    worker._warmup(run)
+
+    n_steps = cell.steps * getattr(cell, "rounds", 1)  # what the timing pass runs
+
+    def bare() -> float:
+        t0 = time.perf_counter()
+        for _ in range(n_steps):
+            run.run_step()
+            run.sync()
+        return time.perf_counter() - t0
+
+    def timing_pass() -> float:
+        t0 = time.perf_counter()
+        worker._timing_pass(run)
+        return time.perf_counter() - t0
+
+    bare_s: list[float] = []
+    pass_s: list[float] = []
+    for r in range(rounds):
+        if r % 2:
+            pass_s.append(timing_pass())
+            bare_s.append(bare())
+        else:
+            bare_s.append(bare())
+            pass_s.append(timing_pass())
+    ratios = [p / b for p, b in zip(pass_s, bare_s, strict=True)]
+    t0 = time.perf_counter()
+    worker._breakdown_pass(run)
+    breakdown_s = time.perf_counter() - t0
+    one_step = statistics.median(bare_s) / n_steps
+    return {
+        "cell": cell.to_dict(),
+        "rounds": rounds,
+        "bare_s": [round(x, 4) for x in bare_s],
+        "timing_pass_s": [round(x, 4) for x in pass_s],
+        "ratio_rounds": [round(x, 4) for x in ratios],
+        "ratio": round(statistics.median(ratios), 4),
+        "breakdown_pass_s": round(breakdown_s, 4),
+        "breakdown_pass_vs_one_bare_step": round(breakdown_s / one_step, 2),
+    }
+
+
+def quick_suite_passes(device: str, limit: int | None) -> list[dict[str, Any]]:
+    from memgauge.suite import expand_suite, load_suite, validate_cell
+    from memgauge.workloads.isolate import run_isolated
+
+    _, data = load_suite("quick")
+    rows = []
+    cells = expand_suite(data)
+    if limit is not None:  # one cell of each mode first, then the rest in suite order
+        firsts = [
+            next(c for c in cells if c.mode == m) for m in dict.fromkeys(c.mode for c in cells)
+        ]
+        cells = (firsts + [c for c in cells if c not in firsts])[:limit]
+    for cell in cells:
+        problems: list[str] = []
+        cell = validate_cell(cell, problems, "quick")
+        if cell is None:
+            rows.append({"cell": None, "status": "invalid", "error": "; ".join(problems)})
+            continue
+        t0 = time.perf_counter()
+        r = run_isolated(cell.to_dict())
+        passes = (r.get("timing") or {}).get("passes") or {}
+        qp = passes.get("quality", 0) + passes.get("prediction", 0) if passes else None
+        rows.append({
+            "cell": cell.label(), "status": r.get("status"), "wall_s": round(time.perf_counter() - t0, 2),
+            "passes": passes, "quality_plus_prediction_s": qp, "timing_s": passes.get("timing"),
+            "pass": bool(passes) and qp is not None and qp <= passes.get("timing", 0),
+        })  # fmt: skip
+        print(f"{rows[-1]['cell']}: {rows[-1]['status']} q+p {qp} timing {passes.get('timing')}",
+              flush=True)  # fmt: skip
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="results/bench_overhead.json")
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--skip-suite", action="store_true", help="profiler overhead only")
+    ap.add_argument("--cells", type=int, help="only this many quick-suite cells (a subset)")
+    args = ap.parse_args(argv)
+    load_before = os.getloadavg()
+    over = profiler_overhead(args.rounds, args.device)
+    print(f"timing pass / bare loop: {over['ratio']} over {over['rounds']} rounds "
+          f"({over['ratio_rounds']}); breakdown pass {over['breakdown_pass_s']} s", flush=True)  # fmt: skip
+    cells = [] if args.skip_suite else quick_suite_passes(args.device, args.cells)
+    targets = [{
+        "figure": f"timing pass with profilers / bare loop ({args.device}, llama-mini train)",
+        "value": over["ratio"], "target": f"<= {OVERHEAD_TARGET}",
+        "pass": over["ratio"] <= OVERHEAD_TARGET,
+    }]  # fmt: skip
+    if cells:
+        worst = max(
+            (c for c in cells if c.get("timing_s")),
+            key=lambda c: c["quality_plus_prediction_s"] / c["timing_s"],
+            default=None,
+        )
+        targets.append({
+            "figure": "quick suite: quality + prediction seconds <= timing seconds, every cell",
+            "value": None if worst is None
+            else round(worst["quality_plus_prediction_s"] / worst["timing_s"], 3),
+            "target": "<= 1.0 (worst cell's ratio)",
+            "cells": len(cells),
+            "subset": args.cells is not None,
+            "pass": bool(cells) and all(c["pass"] for c in cells),
+            "worst_cell": None if worst is None else worst["cell"],
+        })  # fmt: skip
+    doc = {
+        "benchmark": "bench_overhead",
+        "created_unix": time.time(),
+        "provenance": {
+            "commit": subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+            ).stdout.strip(),
+            "cpus": os.cpu_count(),
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        },  # fmt: skip
+        "profiler_overhead": over,
+        "quick_suite_passes": cells,
+        "targets": targets,
+        "all_targets_pass": all(t["pass"] for t in targets),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    for t in targets:
+        print(
+            f"{t['figure']}: {t['value']} (want {t['target']}): {'pass' if t['pass'] else 'FAIL'}"
+        )
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
