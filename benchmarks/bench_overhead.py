@@ -116,6 +116,22 @@ def quick_suite_passes(device: str, limit: int | None) -> list[dict[str, Any]]:
     return rows
 
 
+def overhead_target(over: dict[str, Any], device: str) -> dict[str, Any]:
+    """<= 1.02, and not far below 1: a timing pass much faster than the bare loop of the same
+    steps means the two are not alike (or the machine's load swamped them), so the figure
+    bounds nothing and does not pass."""
+    ratio = over["ratio"]
+    trusted = ratio >= 2 - OVERHEAD_TARGET - 0.03
+    return {
+        "figure": f"timing pass with profilers / bare loop ({device}, llama-mini train)",
+        "value": ratio, "target": f"<= {OVERHEAD_TARGET}",
+        "pass": trusted and ratio <= OVERHEAD_TARGET,
+        "trusted": trusted,
+        "note": None if trusted else "the timing pass ran faster than the bare loop of the same "
+        "steps in every round: unexplained, so this does not measure the profilers' overhead",
+    }  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="results/bench_overhead.json")
@@ -129,11 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"timing pass / bare loop: {over['ratio']} over {over['rounds']} rounds "
           f"({over['ratio_rounds']}); breakdown pass {over['breakdown_pass_s']} s", flush=True)  # fmt: skip
     cells = [] if args.skip_suite else quick_suite_passes(args.device, args.cells)
-    targets = [{
-        "figure": f"timing pass with profilers / bare loop ({args.device}, llama-mini train)",
-        "value": over["ratio"], "target": f"<= {OVERHEAD_TARGET}",
-        "pass": over["ratio"] <= OVERHEAD_TARGET,
-    }]  # fmt: skip
+    targets = [overhead_target(over, args.device)]
     if cells:
         worst = max(
             (c for c in cells if c.get("timing_s")),
