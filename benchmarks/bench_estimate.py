@@ -3,7 +3,7 @@ cost of tracing a Llama-3-8B training step.
 
     python -m benchmarks.bench_estimate --out results/bench_estimate.json
 
-1. Each cell runs in an isolated worker (memgauge.workloads.isolate.run_isolated), which stores
+1. Each cell runs in an isolated worker (memgauge.launch.isolate.run_isolated), which stores
    the analytic and traced predictions beside its measured tensor peak (`peak_allocated`:
    torch.profiler memory events on CPU, max_memory_allocated on CUDA).  Targets: traced within
    3 %, analytic within 10 %, for every cell.
@@ -50,8 +50,8 @@ def _rel(pred: int | None, meas: int | None) -> float | None:
 
 def measure_cells(device: str) -> list[dict[str, Any]]:
     from memgauge.cell import Cell
+    from memgauge.launch.isolate import run_isolated
     from memgauge.suite import validate_cell
-    from memgauge.workloads.isolate import run_isolated
 
     rows = []
     for model, mode, techs, b, s in CELLS:

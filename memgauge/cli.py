@@ -69,9 +69,9 @@ def _bytes_or_none(v: str | None) -> int | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from memgauge.launch.isolate import run_isolated
     from memgauge.suite import check_runnable
     from memgauge.units import fmt_bytes
-    from memgauge.workloads.isolate import run_isolated
 
     cell = _cell_from_args(args)
     check_runnable([cell])

@@ -117,7 +117,7 @@ def ensure_trained_weights(cells: list[Cell], stream: Any = None) -> list[dict[s
     import subprocess
     import tempfile
 
-    from memgauge.workloads.isolate import worker_env
+    from memgauge.launch.isolate import worker_env
 
     stream = stream or sys.stderr
     need = [c.to_dict() for c in cells if c.weights == "trained"]
@@ -219,8 +219,8 @@ def run_sweep(
 
     With the real runner, trained weights are ensured first (`ensure_trained_weights`); `aa`
     runs the A/A pair (`aa_pair`) on the first cell before the sweep."""
+    from memgauge.launch.isolate import kill_current, run_isolated
     from memgauge.results.store import DuplicateResult
-    from memgauge.workloads.isolate import kill_current, run_isolated
 
     real = runner is None
     runner = runner or run_isolated

@@ -106,3 +106,15 @@ def test_the_graph_sees_function_level_imports():
 
 def test_no_import_cycle():
     assert cycles(graph()) == []
+
+
+def test_the_launch_side_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, memgauge.launch.isolate, memgauge.launch.torchrun, memgauge.sweep; "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -260,7 +260,7 @@ def search(
 def _run_probe(
     cell: dict[str, Any], runner: Callable[[dict[str, Any]], dict[str, Any]] | None
 ) -> dict[str, Any]:
-    from memgauge.workloads.isolate import run_isolated
+    from memgauge.launch.isolate import run_isolated
 
     # probes measure; the worker's own traced prediction is not needed here (the estimate is)
     return (runner or run_isolated)({**cell, "trace": False})

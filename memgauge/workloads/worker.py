@@ -1,6 +1,6 @@
 """The worker: measures one cell in this process and returns one JSON result.
 
-Run as `python -m memgauge.workloads.worker` by the isolation layer (memgauge.workloads.isolate):
+Run as `python -m memgauge.workloads.worker` by the isolation layer (memgauge.launch.isolate):
 the cell arrives as JSON on stdin, the result leaves as one JSON line on stdout, logs go to stderr.
 
 `_run` is a short sequence of named passes, in order (the slow ones never share a pass with

@@ -123,7 +123,7 @@ def test_every_candidate_agrees_with_estimate(capsys) -> None:
 def test_top_candidate_really_fits_on_cpu(capsys) -> None:
     """The plan's first candidate, run for real in an isolated worker: its measured tensor peak
     is within the budget (on CPU the budget is the tensor peak, as in `memgauge capacity`)."""
-    from memgauge.workloads.isolate import run_isolated
+    from memgauge.launch.isolate import run_isolated
 
     budget = 5 * MiB
     q = PlanQuery(

@@ -30,7 +30,7 @@ def test_traced_breakdown_matches_the_measured_one_in_process() -> None:
     """Same worker code path, fake tensors.  bitsandbytes' CPU optimizer kernel allocates five
     fp32 copies of a tensor inside one op: the measured tensor peak (profiler) sees them, the
     real-mode tracker does not, the trace does (it runs the kernel's torch ops under the mode)."""
-    from memgauge.workloads.isolate import run_isolated
+    from memgauge.launch.isolate import run_isolated
 
     cell = Cell(
         model="gpt2-tiny",

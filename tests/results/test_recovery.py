@@ -23,8 +23,8 @@ def _fake_runner(cell: dict) -> dict:
 @pytest.fixture
 def refusing_store(monkeypatch):
     """Store.write_result fails as a store gone read-only or full would."""
+    from memgauge.launch import isolate
     from memgauge.results import store as store_mod
-    from memgauge.workloads import isolate
 
     monkeypatch.setattr(isolate, "run_isolated", _fake_runner)
     real = store_mod.Store.write_result

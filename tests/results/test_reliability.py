@@ -333,8 +333,8 @@ seq_len = [16, 32, 48, 64]
 def test_disk_full_stops_the_sweep_cleanly(small_disk, tmp_path, monkeypatch, capsys):
     from memgauge import cli
     from memgauge.cell import Cell
+    from memgauge.launch import isolate
     from memgauge.result import empty_result
-    from memgauge.workloads import isolate
 
     stored: list[str] = []
 

@@ -247,7 +247,7 @@ def test_a_hanging_fsdp_cell_leaves_no_rank_behind(faults_plugin, monkeypatch):
     """torchrun starts each rank in its own session: the timeout must end all of them (F2)."""
     import uuid
 
-    from memgauge.workloads.isolate import run_isolated
+    from memgauge.launch.isolate import run_isolated
 
     marker = f"memgauge-test-{uuid.uuid4().hex}"
     monkeypatch.setenv("MEMGAUGE_TEST_MARKER", marker)

@@ -32,7 +32,7 @@ def _cell(**kw):
 
 
 def test_cuda_cell_reports_allocator_and_nvml_numbers():
-    from memgauge.workloads.isolate import run_isolated
+    from memgauge.launch.isolate import run_isolated
 
     r = run_isolated(_cell().to_dict())
     assert r["status"] == "ok", r["error"]
@@ -46,8 +46,8 @@ def test_cuda_cell_reports_allocator_and_nvml_numbers():
 
 
 def test_f14_planted_allocation_on_cuda(faults_plugin):
+    from memgauge.launch.isolate import run_isolated
     from memgauge.units import MiB
-    from memgauge.workloads.isolate import run_isolated
 
     X = 64 * MiB
     a = run_isolated(_cell(techniques=["plant:bytes=0"]).to_dict())
@@ -57,8 +57,8 @@ def test_f14_planted_allocation_on_cuda(faults_plugin):
 
 
 def test_f3_oom_under_a_memory_fraction(faults_plugin):
+    from memgauge.launch.isolate import run_isolated
     from memgauge.units import GiB
-    from memgauge.workloads.isolate import run_isolated
 
     r = run_isolated(_cell(techniques=["fault:kind=oom"], mem_limit=2 * GiB).to_dict())
     assert r["status"] == "oom"

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from memgauge.cell import Cell
+from memgauge.launch.isolate import run_isolated
 from memgauge.results.store import Store
 from memgauge.sweep import run_sweep
-from memgauge.workloads.isolate import run_isolated
 
 TINY = "llama-tiny"
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,9 +15,9 @@ import time
 from typing import Any
 
 from memgauge.cell import Cell
+from memgauge.launch import torchrun
 from memgauge.profilers.host import MALLOC_ENV
 from memgauge.result import empty_result
-from memgauge.workloads import distributed
 
 STDERR_TAIL = 4096
 KILL_GRACE_S = 2.0
@@ -65,7 +65,7 @@ def kill_current() -> None:
     proc = _current
     if proc is None:
         return
-    distributed.kill_tree(proc.pid)
+    torchrun.kill_tree(proc.pid)
 
 
 def run_isolated(
@@ -74,7 +74,7 @@ def run_isolated(
     """Run one cell; always returns a result dict with a status, whatever the worker did."""
     global _current
     timeout_s = timeout_s if timeout_s is not None else float(cell.get("timeout_s", 600))
-    nproc = distributed.world_size(cell)
+    nproc = torchrun.world_size(cell)
     env = worker_env(cell)
     cmd = [python or sys.executable, "-m", "memgauge.workloads.worker"]
     rank_dir = None
@@ -82,9 +82,9 @@ def run_isolated(
         rank_dir = tempfile.mkdtemp(prefix="memgauge-ranks-")
         with open(os.path.join(rank_dir, "cell.json"), "w") as f:
             json.dump(cell, f)
-        env[distributed.CELL_FILE_ENV] = os.path.join(rank_dir, "cell.json")
-        env[distributed.RANK_DIR_ENV] = rank_dir
-        cmd = distributed.launch_command(python or sys.executable, nproc)
+        env[torchrun.CELL_FILE_ENV] = os.path.join(rank_dir, "cell.json")
+        env[torchrun.RANK_DIR_ENV] = rank_dir
+        cmd = torchrun.launch_command(python or sys.executable, nproc)
     with (
         tempfile.TemporaryFile() as out,
         tempfile.NamedTemporaryFile("w+b", suffix=".stderr", delete=False) as err,
@@ -111,7 +111,7 @@ def run_isolated(
             except subprocess.TimeoutExpired:
                 timed_out = True
                 if rank_dir:  # torchrun puts each rank in its own session: end the whole tree
-                    distributed.kill_tree(proc.pid)
+                    torchrun.kill_tree(proc.pid)
                 _kill_group(proc, signal.SIGTERM)
                 try:
                     proc.wait(timeout=KILL_GRACE_S)
@@ -130,7 +130,7 @@ def run_isolated(
     os.unlink(err.name)
     rank_result = None
     if rank_dir:
-        rank_result = distributed.read_rank_results(rank_dir)
+        rank_result = torchrun.read_rank_results(rank_dir)
         shutil.rmtree(rank_dir, ignore_errors=True)
 
     result = None
