@@ -331,7 +331,7 @@ def provenance() -> dict[str, Any]:
         info["cpu_threads"] = torch.get_num_threads()
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - environment info is best effort
         info["torch_error"] = str(e)
     for key, cmd in (
         ("commit", ["git", "rev-parse", "HEAD"]),
@@ -344,7 +344,7 @@ def provenance() -> dict[str, Any]:
                 info[f"{key}_error"] = out.stderr.strip()[:200]
             else:
                 info[key] = bool(out.stdout.strip()) if key == "dirty" else out.stdout.strip()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - environment info is best effort
             info[f"{key}_error"] = str(e)
     return info
 

@@ -293,7 +293,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             _, data = load_suite(str(path))
             try:
                 n = len(expand_suite(data))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - a broken suite is listed as invalid, not fatal
                 n = f"invalid: {exc}"
             rows.append(
                 {

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memgauge.cell import Cell
-from memgauge.result import DONE, FAILED, empty_result
+from memgauge.result import DONE, empty_result
 from memgauge.results.gates import DEFAULT_K, fmt_ratio_short, speed_ratio
 from memgauge.results.provenance import collect_env
 from memgauge.results.store import Store, StoreError
@@ -337,13 +337,11 @@ def run_sweep(
             store.finish_run(run_id, "cancelled")
             outcome.status = "cancelled"
             raise Cancelled(signals_seen[0])
-        failed = any(r["status"] in FAILED for r in outcome.results)
         outcome.status = "complete"
         if shared and store.count_results(run_id) < (cells_planned or len(cells)):
             outcome.status = "running"  # other shards still have cells to store
         else:
             store.finish_run(run_id, "complete")
-        _ = failed
         return outcome
     finally:
         for s, h in old.items():

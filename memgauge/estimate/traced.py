@@ -79,7 +79,6 @@ class FakeBreakdownTracker(BreakdownTracker):
         self.fake_mode = fake_mode
         self.peak_op = ""
         self.peak_in_backward = False
-        self.phase = "forward"
 
     def _track_tensor(self, t: torch.Tensor, category: str) -> None:
         if not isinstance(t, FakeTensor) or t.fake_mode is not self.fake_mode:

@@ -55,11 +55,6 @@ def _tail(path: str) -> str:
 _current: subprocess.Popen | None = None
 
 
-def current_worker() -> subprocess.Popen | None:
-    """The running worker (signal handlers end its process group)."""
-    return _current
-
-
 def kill_current() -> None:
     """End the running worker, its process group and (torchrun cells) every rank below it."""
     proc = _current

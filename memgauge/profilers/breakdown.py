@@ -174,7 +174,7 @@ class BreakdownTracker(TorchDispatchMode):
                     if isinstance(x, torch.Tensor):
                         self._register_deep(x, category)
                 return
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - a tensor subclass without inner tensors is tracked whole below
                 pass
         if isinstance(t, torch.nn.Parameter) and type(t.data) is not torch.Tensor:
             self._register_deep(t.data, category)

@@ -49,7 +49,7 @@ class NvmlSampler:
                 for p in getattr(n, fn)(self._handle):
                     if p.pid == pid and p.usedGpuMemory is not None:
                         mine[p.pid] = max(mine.get(p.pid, 0), p.usedGpuMemory)  # dedupe PIDs
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - NVML may lack per-process queries on this driver
                 pass
         return used, (mine.get(pid) if mine else None)
 
@@ -57,7 +57,7 @@ class NvmlSampler:
         while not self._stop.is_set():
             try:
                 used, mine = self._sample()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - a failing NVML ends sampling; the error is reported
                 return
             self.device_peak = max(self.device_peak or 0, used)
             if mine is not None:
@@ -82,7 +82,7 @@ class NvmlSampler:
                 self.device_peak = max(self.device_peak or 0, used)
                 if mine is not None:
                     self.process_peak = max(self.process_peak or 0, mine)
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - the last sample is best effort
                 pass
         return {
             "device_used_peak": self.device_peak,

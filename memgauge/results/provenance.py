@@ -102,7 +102,7 @@ def collect_env(*, torch_loaded: bool = False, device: str = "cpu") -> dict[str,
 
         env["memgauge"] = __version__
         env["workload_version"] = workload_version()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - provenance records what failed, never fails
         errors.append(f"memgauge version: {exc}")
     if torch_loaded and "torch" in sys.modules:
         torch = sys.modules["torch"]
@@ -116,14 +116,14 @@ def collect_env(*, torch_loaded: bool = False, device: str = "cpu") -> dict[str,
                 env["device_name"] = props.name
                 env["device_total_memory"] = props.total_memory
                 env["device_capability"] = f"{props.major}.{props.minor}"
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - provenance records what failed, never fails
                 errors.append(f"cuda device: {exc}")
             try:
                 import pynvml
 
                 pynvml.nvmlInit()
                 env["driver"] = pynvml.nvmlSystemGetDriverVersion()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - provenance records what failed, never fails
                 errors.append(f"nvml: {type(exc).__name__}")
         else:
             env["device_total_memory"] = env["ram_bytes"]

@@ -80,7 +80,7 @@ def redact(url: str) -> str:
     """The URL with any password replaced (F18): safe for logs, errors, the UI and reports."""
     try:
         return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - an unparsable URL is still redacted by pattern
         return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
 
 
@@ -284,7 +284,7 @@ class Store:
             return cls._open_sqlite(url, create=create)
         try:
             engine = sa.create_engine(url, pool_pre_ping=True)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any driver error becomes a StoreError naming the store
             raise StoreError(
                 f"cannot use store {redact(url)}: {type(exc).__name__}: {_scrub(str(exc), url)}"
             ) from None
@@ -803,6 +803,6 @@ def _pid_alive(pid: int) -> bool:
 def _scrub(msg: str, url: str) -> str:
     try:
         pw = sa.engine.make_url(url).password
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - an unparsable URL has no password to scrub
         pw = None
     return msg.replace(pw, "***") if pw else msg

@@ -33,12 +33,6 @@ def _layer_linear_elems(spec: Any) -> int:
     return spec.layers * (2 * h * h + 2 * h * kv + 3 * h * f)
 
 
-def _layer_linear_rows(spec: Any) -> int:
-    h, f = spec.hidden, spec.ffn
-    kv = spec.kv_heads * spec.head_dim
-    return spec.layers * (2 * h + 2 * kv + 2 * f + h)
-
-
 def _need_llama(name: str, wl: Any) -> None:
     if wl.spec.family != "llama":
         raise Unsupported(f"{name}: implemented for Llama-family models (GPT-2 uses Conv1D)")
