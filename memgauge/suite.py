@@ -10,6 +10,10 @@ before any model is built (RELIABILITY F11).
     techniques = [[], ["checkpoint"], ["lora:r=8"]]
     batch = [4]
     seq_len = [128]
+
+A technique set may be the string "each" (or "each:except=a+b"): every registered technique
+that runs in the cell's mode, alone, with its default options (a set also given explicitly is
+kept once).  A new technique module is then in such suites without editing them.
 """
 
 from __future__ import annotations
@@ -30,6 +34,48 @@ except ModuleNotFoundError:  # Python 3.10
 SUITES_DIR = Path(__file__).parent / "suites"
 MAX_CELLS_WITHOUT_YES = 500
 _CELL_FIELDS = {f.name for f in fields(Cell)}
+EACH = "each"
+
+
+def _is_each(v: Any) -> bool:
+    return isinstance(v, str) and (v == EACH or v.startswith(EACH + ":"))
+
+
+def _technique_sets(v: Any) -> list[Any]:
+    """A cell entry's `techniques` as a list of sets: a list of lists (and "each" strings),
+    one set (a list of names), or one name."""
+    if _is_each(v):
+        return [v]
+    if isinstance(v, str):
+        return [[v]]
+    if isinstance(v, list) and v and any(isinstance(x, list) or _is_each(x) for x in v):
+        return v
+    return [v]
+
+
+def each_technique(text: str, mode: str, problems: list[str], where: str) -> list[list[str]]:
+    """The technique sets "each" stands for in `mode`: every registered technique alone."""
+    from memgauge.spec import parse_spec
+    from memgauge.techniques import registry
+
+    reg = registry()
+    try:
+        _, opts = parse_spec(text)
+    except SpecError as exc:
+        problems.append(f"{where}: {text!r}: {exc}")
+        return []
+    bad = sorted(set(opts) - {"except"})
+    excluded = [n for n in str(opts.get("except", "")).split("+") if n]
+    unknown = [n for n in excluded if n not in reg]
+    if bad or unknown:
+        problems.append(
+            f"{where}: {text!r}: write each or each:except=name+name"
+            + (f"; unknown technique(s) {', '.join(unknown)}" if unknown else "")
+        )
+        return []
+    return [[n] for n, cls in reg.items() if mode in cls.modes and n not in excluded]
+
+
 _EXPAND = ("model", "mode", "techniques", "batch", "seq_len", "dtype", "device")
 
 
@@ -162,11 +208,17 @@ def count_cells(data: dict[str, Any]) -> int:
         for k in _EXPAND:
             v = merged.get(k)
             if k == "techniques":
-                n *= len(v) if isinstance(v, list) and v and isinstance(v[0], list) else 1
+                n *= sum(_each_upper_bound() if _is_each(s) else 1 for s in _technique_sets(v))
             elif isinstance(v, list):
                 n *= len(v)
         total += n
     return total
+
+
+def _each_upper_bound() -> int:
+    from memgauge.techniques import registry
+
+    return len(registry())
 
 
 def check_size(name: str, data: dict[str, Any], yes: bool) -> int:
@@ -198,6 +250,7 @@ def expand_suite(data: dict[str, Any], *, overrides: dict[str, Any] | None = Non
         entries = []
     cells: list[Cell] = []
     seen: dict[str, str] = {}
+    from_each: set[str] = set()
     for n, entry in enumerate(entries, 1):
         where = f"[[cells]] #{n}"
         if not isinstance(entry, dict):
@@ -215,10 +268,7 @@ def expand_suite(data: dict[str, Any], *, overrides: dict[str, Any] | None = Non
         for k in _EXPAND:
             v = merged.get(k, getattr(Cell(model="", mode=""), k))
             if k == "techniques":  # a list of technique sets; one set or one name is one cell
-                if isinstance(v, str):
-                    v = [[v]]
-                elif not (isinstance(v, list) and v and isinstance(v[0], list)):
-                    v = [v]
+                v = _technique_sets(v)
             elif not isinstance(v, list):
                 v = [v]
             axes.append(v)
@@ -226,22 +276,35 @@ def expand_suite(data: dict[str, Any], *, overrides: dict[str, Any] | None = Non
         for combo in itertools.product(*axes):
             kw = dict(zip(_EXPAND, combo, strict=True))
             kw["device"] = resolve_device(str(kw["device"]))
-            try:
-                cell = Cell(**kw, **fixed)
-            except TypeError as exc:
-                problems.append(f"{where}: {exc}")
-                break
-            ok = validate_cell(cell, problems, where)
-            if ok is None:
-                continue
-            if ok.key in seen:
-                problems.append(f"{where}: duplicate cell {ok.label()} (also in {seen[ok.key]})")
-                continue
-            seen[ok.key] = where
-            cells.append(ok)
-            if len(problems) > 50:
-                problems.append("... (stopped after 50 problems)")
-                raise SuiteError(problems)
+            generated = _is_each(kw["techniques"])
+            sets = (
+                each_technique(kw["techniques"], str(kw["mode"]), problems, where)
+                if generated
+                else [kw["techniques"]]
+            )
+            for techniques in sets:
+                try:
+                    cell = Cell(**{**kw, "techniques": techniques}, **fixed)
+                except TypeError as exc:
+                    problems.append(f"{where}: {exc}")
+                    break
+                ok = validate_cell(cell, problems, where)
+                if ok is None:
+                    continue
+                if ok.key in seen:
+                    # "each" repeating a set given explicitly is kept once, not a problem
+                    if not generated and ok.key not in from_each:
+                        problems.append(
+                            f"{where}: duplicate cell {ok.label()} (also in {seen[ok.key]})"
+                        )
+                    continue
+                seen[ok.key] = where
+                if generated:
+                    from_each.add(ok.key)
+                cells.append(ok)
+                if len(problems) > 50:
+                    problems.append("... (stopped after 50 problems)")
+                    raise SuiteError(problems)
     if problems:
         raise SuiteError(problems)
     return cells

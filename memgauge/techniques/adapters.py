@@ -60,6 +60,7 @@ class Lora(Technique):
     alpha: int = 16
     targets: tuple[str, ...] = ()
     name: ClassVar[str] = "lora"
+    slots: ClassVar[tuple[str, ...]] = ("adapter",)
     family: ClassVar[str] = "adapters"
     summary: ClassVar[str] = "LoRA adapters (peft): frozen base, r·(d+k) trainable per matrix"
     saves: ClassVar[tuple[str, ...]] = ("gradients", "optimizer_state")
@@ -130,21 +131,12 @@ class QLora(Technique):
     quant_type: str = "nf4"
     double_quant: bool = True
     name: ClassVar[str] = "qlora"
+    slots: ClassVar[tuple[str, ...]] = ("weight_format", "adapter", "recompute")
     family: ClassVar[str] = "adapters"
     summary: ClassVar[str] = "QLoRA: NF4 base + LoRA adapters + activation checkpointing"
     saves: ClassVar[tuple[str, ...]] = ("parameters", "gradients", "optimizer_state", "activations")
     modes: ClassVar[tuple[str, ...]] = ("train",)
     requires: ClassVar[tuple[str, ...]] = ("peft", "bitsandbytes")
-    conflicts: ClassVar[tuple[str, ...]] = (
-        "lora",
-        "checkpoint",
-        "selective_checkpoint",
-        "int8wo",
-        "int4wo",
-        "bnb4bit",
-        "fp8wo",
-        "dynamic_int8",
-    )
     order: ClassVar[int] = 40
     __field_docs__: ClassVar[dict[str, str]] = {
         "r": "adapter rank",

@@ -30,12 +30,12 @@ class EagerAttention(Technique):
     reference the memory-efficient kernels are compared with (it costs memory)."""
 
     name: ClassVar[str] = "eager_attention"
+    slots: ClassVar[tuple[str, ...]] = ("attention",)
     family: ClassVar[str] = "attention"
     summary: ClassVar[str] = (
         "eager attention (materialised S² scores): the baseline SDPA saves against"
     )
     saves: ClassVar[tuple[str, ...]] = ()
-    conflicts: ClassVar[tuple[str, ...]] = ("sdpa",)
     order: ClassVar[int] = 5
 
     def before_build(self, build: Any) -> None:
@@ -57,10 +57,10 @@ class SdpaBackend(Technique):
 
     backend: str = "flash"
     name: ClassVar[str] = "sdpa"
+    slots: ClassVar[tuple[str, ...]] = ("attention",)
     family: ClassVar[str] = "attention"
     summary: ClassVar[str] = "SDPA with one backend: math, flash, efficient (CUDA), cudnn (CUDA)"
     saves: ClassVar[tuple[str, ...]] = ("activations", "temporaries")
-    conflicts: ClassVar[tuple[str, ...]] = ("eager_attention",)
     order: ClassVar[int] = 5
     __field_docs__: ClassVar[dict[str, str]] = {"backend": "math, flash, efficient or cudnn"}
 

@@ -50,7 +50,8 @@ class Technique:
     modes: ClassVar[tuple[str, ...]] = MODES
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     requires: ClassVar[tuple[str, ...]] = ()  # importable module names
-    conflicts: ClassVar[tuple[str, ...]] = ()  # technique names it cannot combine with
+    slots: ClassVar[tuple[str, ...]] = ()  # of SLOTS: what it occupies (one technique each)
+    conflicts: ClassVar[tuple[str, ...]] = ()  # other technique names it cannot combine with
     order: ClassVar[int] = 50  # application order: lower first
     __field_docs__: ClassVar[dict[str, str]] = {}
 
@@ -106,27 +107,42 @@ class Technique:
 _REGISTRY: dict[str, type[Technique]] = {}
 _LOADED = False
 
-# Modules that define the built-in techniques (one per family).
-_BUILTIN_MODULES = (
-    "memgauge.techniques.recompute",
-    "memgauge.techniques.precision",
-    "memgauge.techniques.quantization",
-    "memgauge.techniques.adapters",
-    "memgauge.techniques.optimizers",
-    "memgauge.techniques.sharing",
-    "memgauge.techniques.sharding",
-    "memgauge.techniques.pruning",
-    "memgauge.techniques.attention",
-    "memgauge.techniques.kvcache",
-    "memgauge.techniques.batching",
-    "memgauge.techniques.loss",
+SLOTS = (
+    "optimizer",
+    "weight_format",
+    "pruning",
+    "adapter",
+    "recompute",
+    "precision",
+    "kv_cache",
+    "loss",
+    "attention",
 )
+"""What a technique can occupy: two techniques in the same slot cannot be combined (one
+optimizer, one weight format, one KV cache, ...)."""
+
+
+def builtin_modules() -> list[str]:
+    """Every module of this package but the base: one per technique family, found, not listed
+    (adding a technique is adding its module)."""
+    import pkgutil
+    from pathlib import Path
+
+    package = __name__.rpartition(".")[0]  # memgauge.techniques, without importing it again
+    return sorted(
+        f"{package}.{m.name}"
+        for m in pkgutil.iter_modules([str(Path(__file__).parent)])
+        if m.name != "base" and not m.name.startswith("_")
+    )
 
 
 def register(cls: type[Technique]) -> type[Technique]:
     """Class decorator: make a technique config available by its `name`."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
+    unknown = [s for s in cls.slots if s not in SLOTS]
+    if unknown:
+        raise ValueError(f"{cls.__name__} occupies unknown slot(s) {unknown}; known: {SLOTS}")
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise ValueError(f"technique {cls.name!r} registered twice")
     _REGISTRY[cls.name] = cls
@@ -138,7 +154,7 @@ def _load() -> None:
     if _LOADED:
         return
     _LOADED = True
-    for mod in _BUILTIN_MODULES:
+    for mod in builtin_modules():
         importlib.import_module(mod)
     # Third-party techniques (and test fixtures): MEMGAUGE_PLUGINS=pkg.module,other.module
     for mod in filter(None, (m.strip() for m in os.environ.get("MEMGAUGE_PLUGINS", "").split(","))):
@@ -180,12 +196,34 @@ def parse_techniques(texts: list[str]) -> list[Technique]:
                     f"techniques {t.name!r} and {other!r} cannot be combined: "
                     f"{t.name} declares a conflict with {other}"
                 )
+    for slot in SLOTS:
+        holders = [t.name for t in techs if slot in t.slots]
+        if len(holders) > 1:
+            raise SpecError(
+                f"techniques {holders[0]!r} and {holders[1]!r} cannot be combined: "
+                f"both set the {slot.replace('_', ' ')}"
+            )
     return sorted(techs, key=lambda t: (t.order, t.name))
 
 
 def canonical(texts: list[str]) -> list[str]:
     """Canonical, sorted specs for a cell key."""
     return sorted(t.spec() for t in parse_techniques(texts))
+
+
+def conflicts_of(cls: type[Technique]) -> list[str]:
+    """Every technique `cls` cannot be combined with: declared either way, or sharing a slot."""
+    out = set()
+    for name, other in registry().items():
+        if other is cls:
+            continue
+        if (
+            name in cls.conflicts
+            or cls.name in other.conflicts
+            or set(cls.slots) & set(other.slots)
+        ):
+            out.add(name)
+    return sorted(out)
 
 
 def describe() -> list[dict[str, Any]]:
@@ -201,7 +239,8 @@ def describe() -> list[dict[str, Any]]:
                 "modes": list(cls.modes),
                 "devices": list(cls.devices),
                 "requires": list(cls.requires),
-                "conflicts": list(cls.conflicts),
+                "slots": list(cls.slots),
+                "conflicts": conflicts_of(cls),
                 "options": dataclass_options(cls),
             }
         )

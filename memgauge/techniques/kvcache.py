@@ -10,8 +10,6 @@ from typing import Any, ClassVar
 
 from memgauge.techniques.base import Technique, Unsupported, register
 
-_CACHES = ("kv_quant", "sliding_window", "static_cache")
-
 
 def _total_len(est: Any) -> int:
     """Tokens in the cache at the end of the step: decode feeds all but the last new token."""
@@ -90,6 +88,7 @@ class QuantizedKVCache(Technique):
     group: int = 64
     residual: int = 128
     name: ClassVar[str] = "kv_quant"
+    slots: ClassVar[tuple[str, ...]] = ("kv_cache",)
     family: ClassVar[str] = "kv_cache"
     summary: ClassVar[str] = (
         "quantized KV cache (int4/int2, quanto): bits/8 + 2·e/g bytes per element"
@@ -97,7 +96,6 @@ class QuantizedKVCache(Technique):
     saves: ClassVar[tuple[str, ...]] = ("kv_cache",)
     modes: ClassVar[tuple[str, ...]] = ("prefill", "decode")
     requires: ClassVar[tuple[str, ...]] = ("optimum.quanto",)
-    conflicts: ClassVar[tuple[str, ...]] = tuple(n for n in _CACHES if n != "kv_quant")
     order: ClassVar[int] = 50
     __field_docs__: ClassVar[dict[str, str]] = {
         "bits": "4 or 2",
@@ -146,11 +144,11 @@ class SlidingWindowCache(Technique):
 
     window: int = 256
     name: ClassVar[str] = "sliding_window"
+    slots: ClassVar[tuple[str, ...]] = ("kv_cache",)
     family: ClassVar[str] = "kv_cache"
     summary: ClassVar[str] = "sliding-window KV cache: T -> min(T, W) tokens once decoding"
     saves: ClassVar[tuple[str, ...]] = ("kv_cache",)
     modes: ClassVar[tuple[str, ...]] = ("prefill", "decode")
-    conflicts: ClassVar[tuple[str, ...]] = tuple(n for n in _CACHES if n != "sliding_window")
     order: ClassVar[int] = 50
     __field_docs__: ClassVar[dict[str, str]] = {"window": "attention window W in tokens (>= 2)"}
 
@@ -189,11 +187,11 @@ class StaticKVCache(Technique):
     growth: fewer transient copies, fixed addresses for CUDA graphs)."""
 
     name: ClassVar[str] = "static_cache"
+    slots: ClassVar[tuple[str, ...]] = ("kv_cache",)
     family: ClassVar[str] = "kv_cache"
     summary: ClassVar[str] = "static (preallocated) KV cache instead of the growing dynamic one"
     saves: ClassVar[tuple[str, ...]] = ("temporaries",)
     modes: ClassVar[tuple[str, ...]] = ("prefill", "decode")
-    conflicts: ClassVar[tuple[str, ...]] = tuple(n for n in _CACHES if n != "static_cache")
     order: ClassVar[int] = 50
 
     def apply(self, wl: Any) -> None:

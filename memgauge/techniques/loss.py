@@ -44,11 +44,11 @@ class ChunkedCrossEntropy(Technique):
 
     chunk: int = 1024
     name: ClassVar[str] = "chunked_ce"
+    slots: ClassVar[tuple[str, ...]] = ("loss",)
     family: ClassVar[str] = "loss"
     summary: ClassVar[str] = "chunked cross-entropy + checkpoint: logits N·V -> chunk·V"
     saves: ClassVar[tuple[str, ...]] = ("temporaries",)
     modes: ClassVar[tuple[str, ...]] = ("train",)
-    conflicts: ClassVar[tuple[str, ...]] = ("fused_ce",)
     order: ClassVar[int] = 55
     __field_docs__: ClassVar[dict[str, str]] = {"chunk": "tokens per chunk"}
 
@@ -77,11 +77,11 @@ class FusedCrossEntropy(Technique):
     chunk: int = 0
     impl: str = "auto"
     name: ClassVar[str] = "fused_ce"
+    slots: ClassVar[tuple[str, ...]] = ("loss",)
     family: ClassVar[str] = "loss"
     summary: ClassVar[str] = "fused linear cross-entropy (Triton on CUDA, chunked torch elsewhere)"
     saves: ClassVar[tuple[str, ...]] = ("temporaries",)
     modes: ClassVar[tuple[str, ...]] = ("train",)
-    conflicts: ClassVar[tuple[str, ...]] = ("chunked_ce",)
     order: ClassVar[int] = 55
     __field_docs__: ClassVar[dict[str, str]] = {
         "chunk": "tokens per chunk (0 = the kernel's default_chunk_size)",

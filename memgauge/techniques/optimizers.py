@@ -16,6 +16,7 @@ class AdamW8bit(Technique):
 
     lr: float = 1e-3
     name: ClassVar[str] = "adamw8bit"
+    slots: ClassVar[tuple[str, ...]] = ("optimizer",)
     family: ClassVar[str] = "optimizer"
     summary: ClassVar[str] = "8-bit AdamW (bitsandbytes): ~2 B/param of state instead of 8"
     saves: ClassVar[tuple[str, ...]] = ("optimizer_state",)
@@ -60,9 +61,6 @@ def _small_tensor_params(est: Any) -> int:
     small = (4 * s.layers + 2) * s.hidden if s.hidden < 4096 else 0  # LayerNorm weights/biases
     small += s.layers * (3 * s.hidden + s.hidden + s.ffn + s.hidden) if s.hidden < 4096 else 0
     return small
-
-
-_OPTIMIZERS = ("adamw8bit", "ao_adamw8bit", "ao_adamw4bit", "adafactor", "sgd")
 
 
 def _check_lr(lr: float) -> None:
@@ -141,12 +139,12 @@ class TorchaoAdamW8bit(Technique):
 
     lr: float = 1e-3
     name: ClassVar[str] = "ao_adamw8bit"
+    slots: ClassVar[tuple[str, ...]] = ("optimizer",)
     family: ClassVar[str] = "optimizer"
     summary: ClassVar[str] = "8-bit AdamW (torchao.optim): ~2.03 B/param of state"
     saves: ClassVar[tuple[str, ...]] = ("optimizer_state",)
     modes: ClassVar[tuple[str, ...]] = ("train",)
     requires: ClassVar[tuple[str, ...]] = ("torchao",)
-    conflicts: ClassVar[tuple[str, ...]] = tuple(n for n in _OPTIMIZERS if n != "ao_adamw8bit")
     order: ClassVar[int] = 60
     __field_docs__: ClassVar[dict[str, str]] = {"lr": "learning rate"}
     bits: ClassVar[int] = 8
@@ -185,8 +183,8 @@ class TorchaoAdamW4bit(TorchaoAdamW8bit):
     """torchao.optim.AdamW4bit: block-wise (128) 4-bit moments (Li et al. 2023)."""
 
     name: ClassVar[str] = "ao_adamw4bit"
+    slots: ClassVar[tuple[str, ...]] = ("optimizer",)
     summary: ClassVar[str] = "4-bit AdamW (torchao.optim): ~1.06 B/param of state"
-    conflicts: ClassVar[tuple[str, ...]] = tuple(n for n in _OPTIMIZERS if n != "ao_adamw4bit")
     bits: ClassVar[int] = 4
     block: ClassVar[int] = 128
 
@@ -199,11 +197,11 @@ class Adafactor(Technique):
 
     lr: float = 1e-2
     name: ClassVar[str] = "adafactor"
+    slots: ClassVar[tuple[str, ...]] = ("optimizer",)
     family: ClassVar[str] = "optimizer"
     summary: ClassVar[str] = "Adafactor: (n+m)·4 bytes of state per n×m matrix"
     saves: ClassVar[tuple[str, ...]] = ("optimizer_state",)
     modes: ClassVar[tuple[str, ...]] = ("train",)
-    conflicts: ClassVar[tuple[str, ...]] = tuple(n for n in _OPTIMIZERS if n != "adafactor")
     order: ClassVar[int] = 60
     __field_docs__: ClassVar[dict[str, str]] = {"lr": "learning rate"}
 
@@ -236,11 +234,11 @@ class Sgd(Technique):
     lr: float = 1e-2
     momentum: float = 0.0
     name: ClassVar[str] = "sgd"
+    slots: ClassVar[tuple[str, ...]] = ("optimizer",)
     family: ClassVar[str] = "optimizer"
     summary: ClassVar[str] = "SGD: 0 B/param of state (e B/param with momentum)"
     saves: ClassVar[tuple[str, ...]] = ("optimizer_state",)
     modes: ClassVar[tuple[str, ...]] = ("train",)
-    conflicts: ClassVar[tuple[str, ...]] = tuple(n for n in _OPTIMIZERS if n != "sgd")
     order: ClassVar[int] = 60
     __field_docs__: ClassVar[dict[str, str]] = {
         "lr": "learning rate",
@@ -312,6 +310,7 @@ class OptimizerInBackward(Technique):
     is ready, and the gradient is freed, so gradients never all exist at once."""
 
     name: ClassVar[str] = "optimizer_in_backward"
+    conflicts: ClassVar[tuple[str, ...]] = ("grad_accum",)
     family: ClassVar[str] = "optimizer"
     summary: ClassVar[str] = (
         "optimizer step fused into backward (per-parameter hooks): frees gradients"
@@ -319,7 +318,6 @@ class OptimizerInBackward(Technique):
     saves: ClassVar[tuple[str, ...]] = ("gradients",)
     modes: ClassVar[tuple[str, ...]] = ("train",)
     # micro-batches would step once per micro-batch instead of once per global batch
-    conflicts: ClassVar[tuple[str, ...]] = ("grad_accum",)
     order: ClassVar[int] = 70  # after the optimizer choice, which it wraps
 
     def apply(self, wl: Any) -> None:

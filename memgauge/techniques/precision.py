@@ -18,6 +18,7 @@ class Autocast(Technique):
 
     dtype: str = "bfloat16"
     name: ClassVar[str] = "autocast"
+    slots: ClassVar[tuple[str, ...]] = ("precision",)
     family: ClassVar[str] = "precision"
     summary: ClassVar[str] = "autocast mixed precision (bf16; fp16 on CUDA)"
     saves: ClassVar[tuple[str, ...]] = ("activations", "temporaries")
@@ -97,6 +98,7 @@ class PureBf16(Technique):
     16 (no fp32 master weights; small updates can round away)."""
 
     name: ClassVar[str] = "pure_bf16"
+    slots: ClassVar[tuple[str, ...]] = ("precision",)
     family: ClassVar[str] = "precision"
     summary: ClassVar[str] = "bf16 parameters, gradients and optimizer state (8 B/param with AdamW)"
     saves: ClassVar[tuple[str, ...]] = (
@@ -106,7 +108,6 @@ class PureBf16(Technique):
         "activations",
         "kv_cache",
     )
-    conflicts: ClassVar[tuple[str, ...]] = ("autocast",)
     order: ClassVar[int] = 15
 
     def extra_unsupported_reason(self, *, mode: str, device: str, dtype: str) -> str | None:

@@ -19,10 +19,8 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from memgauge.techniques.base import Technique, Unsupported, register
-from memgauge.techniques.quantization import _WEIGHT_QUANTIZERS, _quantized_linears
+from memgauge.techniques.quantization import _quantized_linears
 
-_PRUNERS = ("prune_masks", "sparse", "sparse24", "prune_structured")
-_QUANT = _WEIGHT_QUANTIZERS
 _linears = _quantized_linears
 
 
@@ -45,13 +43,13 @@ class PruneMasks(Technique):
 
     amount: float = 0.5
     name: ClassVar[str] = "prune_masks"
+    slots: ClassVar[tuple[str, ...]] = ("weight_format", "pruning")
     family: ClassVar[str] = "pruning"
     summary: ClassVar[str] = (
         "torch.nn.utils.prune masks: weight_orig + mask + masked copy "
         "(costs ~2x the pruned weights)"
     )
     saves: ClassVar[tuple[str, ...]] = ()  # it saves nothing: the point of measuring it
-    conflicts: ClassVar[tuple[str, ...]] = tuple(n for n in _PRUNERS if n != "prune_masks") + _QUANT
     order: ClassVar[int] = 25
     __field_docs__: ClassVar[dict[str, str]] = {"amount": "fraction of weights zeroed (0..1)"}
 
@@ -120,13 +118,13 @@ class SparseStorage(Technique):
     sparsity: float = 0.9
     index_bits: int = 32
     name: ClassVar[str] = "sparse"
+    slots: ClassVar[tuple[str, ...]] = ("weight_format", "pruning")
     family: ClassVar[str] = "pruning"
     summary: ClassVar[str] = (
         "unstructured magnitude pruning stored as CSR: nnz·(e+i) bytes, pays off above s = i/(e+i)"
     )
     saves: ClassVar[tuple[str, ...]] = ("parameters",)
     modes: ClassVar[tuple[str, ...]] = ("prefill", "decode")
-    conflicts: ClassVar[tuple[str, ...]] = tuple(n for n in _PRUNERS if n != "sparse") + _QUANT
     order: ClassVar[int] = 25
     __field_docs__: ClassVar[dict[str, str]] = {
         "sparsity": "fraction of weights zeroed (0..1)",
@@ -186,13 +184,13 @@ class SemiStructured24(Technique):
     """2:4 semi-structured sparsity: 2 of every 4 weights kept + metadata (CUDA sm80+)."""
 
     name: ClassVar[str] = "sparse24"
+    slots: ClassVar[tuple[str, ...]] = ("weight_format", "pruning")
     family: ClassVar[str] = "pruning"
     summary: ClassVar[str] = "2:4 semi-structured sparse weights (CUDA): 9/16 of fp16 bytes"
     saves: ClassVar[tuple[str, ...]] = ("parameters",)
     modes: ClassVar[tuple[str, ...]] = ("prefill", "decode")
     # to_sparse_semi_structured uses CUTLASS/cuSPARSELt kernels (TECHNIQUES.md: CUDA only)
     devices: ClassVar[tuple[str, ...]] = ("cuda",)
-    conflicts: ClassVar[tuple[str, ...]] = tuple(n for n in _PRUNERS if n != "sparse24") + _QUANT
     order: ClassVar[int] = 25
 
     def extra_unsupported_reason(self, *, mode: str, device: str, dtype: str) -> str | None:
@@ -229,6 +227,8 @@ class StructuredPrune(Technique):
     ffn: float = 0.5
     heads: float = 0.0
     name: ClassVar[str] = "prune_structured"
+    slots: ClassVar[tuple[str, ...]] = ("pruning",)
+    conflicts: ClassVar[tuple[str, ...]] = ("static_cache", "share_layers")
     family: ClassVar[str] = "pruning"
     summary: ClassVar[str] = (
         "structured pruning of FFN neurons and attention heads (smaller matrices)"
@@ -239,10 +239,6 @@ class StructuredPrune(Technique):
         "optimizer_state",
         "activations",
         "kv_cache",
-    )
-    conflicts: ClassVar[tuple[str, ...]] = tuple(n for n in _PRUNERS if n != "prune_structured") + (
-        "static_cache",
-        "share_layers",
     )
     order: ClassVar[int] = 5
     __field_docs__: ClassVar[dict[str, str]] = {

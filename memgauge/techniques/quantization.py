@@ -30,6 +30,7 @@ class Int8WeightOnly(Technique):
 
     include_head: bool = True
     name: ClassVar[str] = "int8wo"
+    slots: ClassVar[tuple[str, ...]] = ("weight_format",)
     family: ClassVar[str] = "quantization"
     summary: ClassVar[str] = "torchao int8 weight-only quantization of Linear layers"
     saves: ClassVar[tuple[str, ...]] = ("parameters",)
@@ -73,8 +74,6 @@ class Int8WeightOnly(Technique):
 
 # -- shared helpers for the weight quantizers added below ---------------------------------------
 
-_WEIGHT_QUANTIZERS = ("int8wo", "int4wo", "bnb4bit", "fp8wo", "dynamic_int8", "qlora")
-
 
 def _quantized_linears(wl: Any, include_head: bool) -> list[tuple[Any, str, Any]]:
     """(parent, attribute, Linear) for every nn.Linear a weight quantizer replaces."""
@@ -104,6 +103,7 @@ class Int4WeightOnly(Technique):
     group_size: int = 128
     include_head: bool = False
     name: ClassVar[str] = "int4wo"
+    slots: ClassVar[tuple[str, ...]] = ("weight_format",)
     family: ClassVar[str] = "quantization"
     summary: ClassVar[str] = "torchao int4 weight-only (tinygemm; CUDA only): 4 + 32/g bits/param"
     saves: ClassVar[tuple[str, ...]] = ("parameters",)
@@ -111,7 +111,6 @@ class Int4WeightOnly(Technique):
     # The tinygemm int4 kernels torchao packs for exist only for CUDA (TECHNIQUES.md: fails on CPU)
     devices: ClassVar[tuple[str, ...]] = ("cuda",)
     requires: ClassVar[tuple[str, ...]] = ("torchao",)
-    conflicts: ClassVar[tuple[str, ...]] = tuple(n for n in _WEIGHT_QUANTIZERS if n != "int4wo")
     order: ClassVar[int] = 30
     __field_docs__: ClassVar[dict[str, str]] = {
         "group_size": "elements per scale/zero group (32, 64, 128, 256)",
@@ -154,6 +153,7 @@ class Bnb4bit(Technique):
     blocksize: int = 64
     include_head: bool = False
     name: ClassVar[str] = "bnb4bit"
+    slots: ClassVar[tuple[str, ...]] = ("weight_format",)
     family: ClassVar[str] = "quantization"
     summary: ClassVar[str] = (
         "bitsandbytes 4-bit NF4/FP4 weights: 4.5 bits/param (4.127 double-quant)"
@@ -161,7 +161,6 @@ class Bnb4bit(Technique):
     saves: ClassVar[tuple[str, ...]] = ("parameters",)
     modes: ClassVar[tuple[str, ...]] = ("prefill", "decode")
     requires: ClassVar[tuple[str, ...]] = ("bitsandbytes",)
-    conflicts: ClassVar[tuple[str, ...]] = tuple(n for n in _WEIGHT_QUANTIZERS if n != "bnb4bit")
     order: ClassVar[int] = 30
     __field_docs__: ClassVar[dict[str, str]] = {
         "quant_type": "nf4 (normal-float, QLoRA) or fp4",
@@ -235,12 +234,12 @@ class Fp8WeightOnly(Technique):
 
     include_head: bool = True
     name: ClassVar[str] = "fp8wo"
+    slots: ClassVar[tuple[str, ...]] = ("weight_format",)
     family: ClassVar[str] = "quantization"
     summary: ClassVar[str] = "torchao fp8 (e4m3) weight-only: 1 B/param + a row scale"
     saves: ClassVar[tuple[str, ...]] = ("parameters",)
     modes: ClassVar[tuple[str, ...]] = ("prefill", "decode")
     requires: ClassVar[tuple[str, ...]] = ("torchao",)
-    conflicts: ClassVar[tuple[str, ...]] = tuple(n for n in _WEIGHT_QUANTIZERS if n != "fp8wo")
     order: ClassVar[int] = 30
     __field_docs__: ClassVar[dict[str, str]] = {"include_head": "quantize the LM head too"}
 
@@ -274,14 +273,13 @@ class DynamicInt8(Technique):
 
     include_head: bool = True
     name: ClassVar[str] = "dynamic_int8"
+    slots: ClassVar[tuple[str, ...]] = ("weight_format",)
+    conflicts: ClassVar[tuple[str, ...]] = ("autocast",)
     family: ClassVar[str] = "quantization"
     summary: ClassVar[str] = "torch.ao dynamic int8 quantization of Linear layers (CPU)"
     saves: ClassVar[tuple[str, ...]] = ("parameters",)
     modes: ClassVar[tuple[str, ...]] = ("prefill", "decode")
     devices: ClassVar[tuple[str, ...]] = ("cpu",)  # quantized::linear_dynamic has CPU kernels only
-    conflicts: ClassVar[tuple[str, ...]] = tuple(
-        n for n in _WEIGHT_QUANTIZERS if n != "dynamic_int8"
-    ) + ("autocast",)
     order: ClassVar[int] = 30
     __field_docs__: ClassVar[dict[str, str]] = {"include_head": "quantize the LM head too"}
 

@@ -25,6 +25,7 @@ class ActivationCheckpointing(Technique):
 
     every: int = 1
     name: ClassVar[str] = "checkpoint"
+    slots: ClassVar[tuple[str, ...]] = ("recompute",)
     family: ClassVar[str] = "recomputation"
     summary: ClassVar[str] = "activation checkpointing of every k-th decoder layer"
     saves: ClassVar[tuple[str, ...]] = ("activations",)
@@ -69,11 +70,11 @@ class SelectiveCheckpointing(Technique):
 
     save: tuple[str, ...] = ("mm", "sdpa")
     name: ClassVar[str] = "selective_checkpoint"
+    slots: ClassVar[tuple[str, ...]] = ("recompute",)
     family: ClassVar[str] = "recomputation"
     summary: ClassVar[str] = "selective activation checkpointing: keep matmul/attention outputs"
     saves: ClassVar[tuple[str, ...]] = ("activations",)
     modes: ClassVar[tuple[str, ...]] = ("train",)
-    conflicts: ClassVar[tuple[str, ...]] = ("checkpoint",)
     __field_docs__: ClassVar[dict[str, str]] = {
         "save": "op groups whose outputs are kept, joined by + (mm, sdpa)"
     }
