@@ -69,33 +69,9 @@ def _check_lr(lr: float) -> None:
 
 
 def param_shapes(spec: Any) -> list[tuple[int, ...]]:
-    """Shapes of every parameter of a Llama/GPT-2 spec (tied weights once), for optimizers whose
-    state depends on the shape (Adafactor's factored moments, blockwise quantizers' floors)."""
-    h, f, L, V = spec.hidden, spec.ffn, spec.layers, spec.vocab
-    out: list[tuple[int, ...]] = [(V, h)]
-    if spec.family == "llama":
-        kv = spec.kv_heads * spec.head_dim
-        layer = [(h, h), (kv, h), (kv, h), (h, h), (f, h), (f, h), (h, f), (h,), (h,)]
-        out += layer * L + [(h,)]
-    else:
-        layer = [
-            (h, 3 * h),
-            (3 * h,),
-            (h, h),
-            (h,),
-            (h, f),
-            (f,),
-            (f, h),
-            (h,),
-            (h,),
-            (h,),
-            (h,),
-            (h,),
-        ]
-        out += layer * L + [(h,), (h,), (spec.max_pos, h)]
-    if not spec.tie:
-        out.append((V, h))
-    return out
+    """Shapes of every parameter (tied weights once), for optimizers whose state depends on the
+    shape (Adafactor's factored moments, blockwise quantizers' floors)."""
+    return list(spec.param_shapes().values())
 
 
 def _set_state_bytes(est: Any, total_bytes: float, what: str) -> None:

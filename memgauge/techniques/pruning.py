@@ -19,16 +19,14 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from memgauge.techniques.base import Technique, Unsupported, register
-from memgauge.techniques.quantization import _quantized_linears
+from memgauge.techniques.quantization import _linear_weights, _quantized_linears
 
 _linears = _quantized_linears
 
 
 def _layer_linear_elems(spec: Any) -> int:
     """Elements of the decoder layers' Linear weights (the matrices pruning touches)."""
-    h, f = spec.hidden, spec.ffn
-    kv = spec.kv_heads * spec.head_dim
-    return spec.layers * (2 * h * h + 2 * h * kv + 3 * h * f)
+    return _linear_weights(spec, include_head=False)[0]
 
 
 def _need_llama(name: str, wl: Any) -> None:

@@ -9,17 +9,19 @@ from memgauge.techniques.base import Technique, Unsupported, register
 
 
 def _linear_weights(spec: Any, include_head: bool) -> tuple[int, int]:
-    """(elements, output channels) of the Linear weights a quantizer replaces."""
-    h, f, L = spec.hidden, spec.ffn, spec.layers
-    if spec.family == "llama":
-        kv = spec.kv_heads * spec.head_dim
-        elems = L * (2 * h * h + 2 * h * kv + 3 * h * f)
-        rows = L * (2 * h + 2 * kv + 2 * f + h)
-    else:  # gpt2 uses Conv1D, which torchao does not replace
-        elems, rows = 0, 0
-    if include_head and not spec.tie:
-        elems += spec.vocab * h
-        rows += spec.vocab
+    """(elements, output channels) of the Linear weights a quantizer replaces (from
+    ModelSpec.param_shapes: a Linear weight is (out, in); GPT-2's Conv1D layers are not Linear)."""
+    linear = (
+        [s for n, s in spec.layer_param_shapes().items() if n.endswith("_proj.weight")]
+        if spec.family == "llama"
+        else []
+    )
+    elems = spec.layers * sum(o * i for o, i in linear)
+    rows = spec.layers * sum(o for o, _ in linear)
+    head = spec.outer_param_shapes().get("lm_head.weight")
+    if include_head and head is not None:
+        elems += head[0] * head[1]
+        rows += head[0]
     return elems, rows
 
 

@@ -82,15 +82,17 @@ class CrossLayerSharing(Technique):
                         assert isinstance(shared, torch.nn.Parameter)
                         setattr(mod, p_name, shared)
 
+    def _shared(self, spec: Any) -> dict[str, tuple[int, ...]]:
+        """One layer's parameters that the shared part holds (ModelSpec.param_shapes names)."""
+        return {
+            n: s
+            for n, s in spec.layer_param_shapes().items()
+            if any(n.startswith(part + ".") for part in _PARTS[self.part])
+        }
+
     def shared_layer_params(self, spec: Any) -> int:
         """Parameters removed: (L - ceil(L/group)) copies of the shared part of a layer."""
-        h, f = spec.hidden, spec.ffn
-        kv = spec.kv_heads * spec.head_dim
-        part = {
-            "all": 2 * h * h + 2 * h * kv + 3 * h * f + 2 * h,
-            "attention": 2 * h * h + 2 * h * kv,
-            "ffn": 3 * h * f,
-        }[self.part]
+        part = sum(math.prod(s) for s in self._shared(spec).values())
         return (spec.layers - math.ceil(spec.layers / self.group)) * part
 
     def analytic(self, est: Any) -> None:
@@ -99,6 +101,6 @@ class CrossLayerSharing(Technique):
         est.total_params -= removed
         est.trainable_params -= removed
         shared_layers = est.spec.layers - math.ceil(est.spec.layers / self.group)
-        per_layer = {"all": 9, "attention": 4, "ffn": 3}[self.part]
+        per_layer = len(self._shared(est.spec))
         est.param_tensors = max(1, est.param_tensors - shared_layers * per_layer)
         est.opt_extra_bytes = 4 * est.param_tensors  # AdamW's step per tensor

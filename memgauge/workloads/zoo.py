@@ -8,6 +8,7 @@ models cheaply; `build_config` and `build_model` import them.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -50,20 +51,78 @@ class ModelSpec:
     def head_dim(self) -> int:
         return self.hidden // self.heads
 
-    def param_count(self) -> int:
-        """Exact parameter count of the transformers implementation (tied weights counted once)."""
-        h, f, v, L = self.hidden, self.ffn, self.vocab, self.layers
+    # -- the parameters, named as transformers names them ----------------------------------------
+    def layer_param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """One decoder layer's parameters (names relative to the layer; weights (out, in) for
+        Linear, (in, out) for GPT-2's Conv1D)."""
+        h, f = self.hidden, self.ffn
         if self.family == "llama":
             kv = self.kv_heads * self.head_dim
-            attn = 2 * h * h + 2 * h * kv  # q, o, k, v (no bias)
-            mlp = 3 * h * f  # gate, up, down
-            norms = 2 * h
-            body = L * (attn + mlp + norms) + h  # final norm
-            return body + v * h + (0 if self.tie else v * h)
-        # gpt2: c_attn (h, 3h)+b, c_proj (h,h)+b, c_fc (h,f)+b, c_proj (f,h)+b, 2 LayerNorms
-        layer = (h * 3 * h + 3 * h) + (h * h + h) + (h * f + f) + (f * h + h) + 4 * h
-        body = L * layer + 2 * h  # ln_f
-        return body + v * h + self.max_pos * h + (0 if self.tie else v * h)
+            return {
+                "self_attn.q_proj.weight": (h, h),
+                "self_attn.k_proj.weight": (kv, h),
+                "self_attn.v_proj.weight": (kv, h),
+                "self_attn.o_proj.weight": (h, h),
+                "mlp.gate_proj.weight": (f, h),
+                "mlp.up_proj.weight": (f, h),
+                "mlp.down_proj.weight": (h, f),
+                "input_layernorm.weight": (h,),
+                "post_attention_layernorm.weight": (h,),
+            }
+        return {
+            "ln_1.weight": (h,),
+            "ln_1.bias": (h,),
+            "attn.c_attn.weight": (h, 3 * h),
+            "attn.c_attn.bias": (3 * h,),
+            "attn.c_proj.weight": (h, h),
+            "attn.c_proj.bias": (h,),
+            "ln_2.weight": (h,),
+            "ln_2.bias": (h,),
+            "mlp.c_fc.weight": (h, f),
+            "mlp.c_fc.bias": (f,),
+            "mlp.c_proj.weight": (f, h),
+            "mlp.c_proj.bias": (h,),
+        }
+
+    def outer_param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The parameters outside the decoder layers (a tied head is the embedding: not again)."""
+        h, v = self.hidden, self.vocab
+        if self.family == "llama":
+            out = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,)}
+        else:
+            out = {
+                "transformer.wte.weight": (v, h),
+                "transformer.wpe.weight": (self.max_pos, h),
+                "transformer.ln_f.weight": (h,),
+                "transformer.ln_f.bias": (h,),
+            }
+        if not self.tie:
+            out["lm_head.weight"] = (v, h)
+        return out
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every parameter by its transformers name (tied weights once): the one description of
+        the architecture that counts, sizes and per-tensor state are derived from."""
+        prefix = "model.layers" if self.family == "llama" else "transformer.h"
+        layer = self.layer_param_shapes()
+        out = self.outer_param_shapes()
+        for i in range(self.layers):
+            out.update({f"{prefix}.{i}.{k}": s for k, s in layer.items()})
+        return out
+
+    def param_count(self) -> int:
+        """Exact parameter count (tied weights once), from the shapes; O(1) in the layers."""
+        return sum(math.prod(s) for s in self.outer_param_shapes().values()) + self.layers * sum(
+            math.prod(s) for s in self.layer_param_shapes().values()
+        )
+
+    def param_tensor_count(self) -> int:
+        return len(self.outer_param_shapes()) + self.layers * len(self.layer_param_shapes())
+
+    def largest_param(self) -> int:
+        """Elements of the largest parameter tensor."""
+        shapes = [*self.outer_param_shapes().values(), *self.layer_param_shapes().values()]
+        return max(math.prod(s) for s in shapes)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -66,3 +66,27 @@ def test_seeded_init_is_deterministic():
     a = build_model(spec, device="cpu", dtype=torch.float32, seed=5)
     b = build_model(spec, device="cpu", dtype=torch.float32, seed=5)
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
+
+
+_ODD = [
+    "llama:layers=3,hidden=72,heads=6,kv_heads=3,ffn=200,vocab=517",
+    "llama:layers=1,hidden=40,heads=5,kv_heads=1,ffn=30,vocab=263,tie=true",
+    "gpt2:layers=2,hidden=48,heads=3,ffn=100,vocab=301,max_pos=77",
+    "gpt2:layers=1,hidden=36,heads=4,ffn=50,vocab=259,tie=false",
+]
+
+
+@pytest.mark.parametrize("name", sorted(ZOO) + _ODD)
+def test_param_shapes_are_the_models_parameters(name):
+    """ModelSpec.param_shapes() names and sizes every parameter exactly as transformers builds
+    the model (on the meta device: nothing allocated, so the 8B model too)."""
+    from transformers import AutoModelForCausalLM
+
+    spec = resolve_model(name)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(build_config(spec))
+    real = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    assert spec.param_shapes() == real
+    assert spec.param_count() == sum(p.numel() for p in model.parameters())
+    assert spec.param_tensor_count() == len(real)
+    assert spec.largest_param() == max(p.numel() for p in model.parameters())

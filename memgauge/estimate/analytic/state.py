@@ -23,14 +23,8 @@ def state_bytes(est: Estimate) -> dict[str, float]:
 
 
 def largest_param(spec: Any) -> int:
-    h, f, V = spec.hidden, spec.ffn, spec.vocab
-    sizes = [V * h, h * f]
-    if spec.family == "gpt2":
-        sizes += [h * 3 * h, spec.max_pos * h]
-    return max(sizes)
+    return spec.largest_param()
 
 
 def param_tensors(spec: Any) -> int:
-    if spec.family == "llama":
-        return spec.layers * 9 + 2 + (0 if spec.tie else 1)
-    return spec.layers * 12 + 4 + (0 if spec.tie else 1)
+    return spec.param_tensor_count()
