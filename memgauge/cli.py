@@ -139,7 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_interruptibly(runner: Any, cell: dict[str, Any]) -> dict[str, Any] | int:
     """Run the worker; Ctrl-C or SIGTERM ends it (its process group) and returns the signal
     number instead of a result.  A second signal exits at once."""
-    from memgauge.workloads.isolate import kill_current
+    from memgauge.launch.isolate import kill_current
 
     seen: list[int] = []
 
@@ -535,8 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except KeyboardInterrupt:  # Ctrl-C outside a sweep (which handles its own signals)
-        if "memgauge.workloads.isolate" in sys.modules:
-            sys.modules["memgauge.workloads.isolate"].kill_current()
+        if "memgauge.launch.isolate" in sys.modules:
+            sys.modules["memgauge.launch.isolate"].kill_current()
         if args.verbose:
             raise
         sys.stderr.write("memgauge: interrupted; nothing more was stored\n")
@@ -548,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             url = resolve_url(args.store)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - a store URL that cannot be resolved is left out
             url = ""
         first = str(exc).splitlines()[0] if str(exc) else ""
         if type(exc).__module__.startswith(("sqlalchemy", "psycopg", "sqlite3")):
