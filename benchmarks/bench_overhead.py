@@ -85,8 +85,8 @@ def profiler_overhead(rounds: int, device: str) -> dict[str, Any]:
 
 
 def quick_suite_passes(device: str, limit: int | None) -> list[dict[str, Any]]:
+    from memgauge.launch.isolate import run_isolated
     from memgauge.suite import expand_suite, load_suite, validate_cell
-    from memgauge.workloads.isolate import run_isolated
 
     _, data = load_suite("quick")
     rows = []
