@@ -765,6 +765,38 @@ def compare_envs(store: Store, run_a: str, run_b: str) -> list[str]:
     return out
 
 
+# -- estimate evidence -----------------------------------------------------------------------------
+def measured_like(
+    store: Store, model: str, mode: str, techniques: str, *, limit: int = 50
+) -> pd.DataFrame:
+    """The measured evidence for an estimate: the newest successful cells of the same model,
+    mode and technique set (stored form), any shape: run_id, batch, seq_len, dtype, device,
+    peak_allocated and the analytic / traced peaks stored beside it."""
+    q = (
+        sa.select(
+            R.c.run_id,
+            R.c.batch,
+            R.c.seq_len,
+            R.c.dtype,
+            R.c.device,
+            R.c.peak_allocated,
+            R.c.analytic_peak,
+            R.c.traced_peak,
+            R.c.tokens_per_s,
+        )
+        .where(
+            R.c.model == model,
+            R.c.mode == mode,
+            R.c.techniques == techniques,
+            R.c.status == "ok",
+        )
+        .order_by(R.c.id.desc())
+        .limit(limit)
+    )
+    with store.connect() as con:
+        return _frame(con, q)
+
+
 # -- trends ----------------------------------------------------------------------------------------
 def nightly_cells(store: Store, *, kind: str = "nightly", limit: int = 50_000) -> pd.DataFrame:
     """The cells of the newest run of `kind` (cell_key and what it is): the cells a history can

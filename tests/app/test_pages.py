@@ -147,10 +147,10 @@ def test_cpu_run_offers_only_what_it_measured(monkeypatch, smoke_url):
 
 
 def test_estimate_numbers_and_fit(monkeypatch, smoke_url):
+    """The page shows `memgauge estimate`'s numbers: the traced peak where traced, the phase
+    and op of the peak, the headroom, and the measured cells of the same model/techniques."""
     from memgauge.cell import Cell
-    from memgauge.estimate.analytic import estimate_cell
-    from memgauge.techniques import parse_techniques
-    from memgauge.workloads.zoo import resolve_model
+    from memgauge.estimate.fits import predict, predicted_peak
 
     at = _app(monkeypatch, smoke_url, "estimate")
     at.selectbox(key="es_model").set_value("llama-tiny")
@@ -159,6 +159,7 @@ def test_estimate_numbers_and_fit(monkeypatch, smoke_url):
     at.multiselect(key="es_techs").set_value(["checkpoint"])
     at.text_input(key="es_mem").set_value("1GiB").run()
     _ok(at)
+    assert at.checkbox(key="es_trace").value  # a small model is traced, as the CLI does
     cell = Cell(
         model="llama-tiny",
         mode="train",
@@ -167,10 +168,22 @@ def test_estimate_numbers_and_fit(monkeypatch, smoke_url):
         seq_len=64,
         dtype="float32",
     )
-    est = estimate_cell(cell, resolve_model("llama-tiny"), parse_techniques(["checkpoint"]))
+    pred = predict(cell, trace=True)
+    assert pred["traced"], pred["traced_reason"]
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["estimated peak"] == fmt_bytes(est["peak"])
+    assert metrics["estimated peak"] == fmt_bytes(predicted_peak(pred))
     assert metrics["device memory: fits"] == "1.00 GiB"
+    text = _texts(at)
+    assert f"analytic peak at {pred['peak_phase']}" in text and "traced peak at op" in text
+    # the smoke sweep measured llama-tiny train with checkpoint: shown as evidence
+    assert "Measured cells of this model and techniques" in [h.value for h in at.subheader]
+    assert len(at.dataframe[-1].value) >= 1 and "analytic vs measured" in at.dataframe[-1].value
+    at.checkbox(key="es_trace").set_value(False).run()
+    _ok(at)
+    analytic = predict(cell, trace=False)
+    assert {m.label: m.value for m in at.metric}["estimated peak"] == fmt_bytes(
+        analytic["analytic"]["peak"]
+    )
     at.text_input(key="es_mem").set_value("1KiB").run()
     assert "Does not fit" in _texts(at)
     at.text_input(key="es_opts").set_value("lora:r=nonsense").run()

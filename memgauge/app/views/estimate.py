@@ -1,5 +1,7 @@
-"""Estimate: a what-if planner.  Model, techniques, batch, sequence and device memory in; the
-analytic breakdown and whether it fits out — no run needed."""
+"""Estimate: a what-if planner, the same numbers as `memgauge estimate`.  Model, techniques,
+batch, sequence and device memory in; the analytic and (optionally) traced breakdown, the phase
+and op of the peak, the headroom, and the measured cells of the same model and techniques as
+evidence — no run needed."""
 
 from __future__ import annotations
 
@@ -8,9 +10,12 @@ import re
 import pandas as pd
 import streamlit as st
 
+from memgauge.app import common as C
 from memgauge.cell import DTYPES, MODES, Cell
-from memgauge.estimate.analytic import estimate_cell
+from memgauge.estimate.fits import predict, predicted_peak, verdict
 from memgauge.results import figures as F
+from memgauge.results import labels as L
+from memgauge.results import queries as Q
 from memgauge.spec import SpecError
 from memgauge.techniques import parse_techniques, registry
 from memgauge.units import fmt_bytes, parse_bytes
@@ -18,9 +23,9 @@ from memgauge.workloads.zoo import ZOO, resolve_model
 
 st.title("Estimate")
 st.caption(
-    "The analytic estimator (memgauge.estimate): instant, for any model size, no memory "
-    "allocated. Measured runs store their estimate beside the measured peak, so the "
-    "Breakdown page shows how close it comes."
+    "The estimator of `memgauge estimate`: analytic (instant, any model size) and traced (the "
+    "real step on fake tensors: exact for what PyTorch allocates, seconds for small models; "
+    "nothing is allocated). Measured runs store their estimate beside the measured peak."
 )
 
 CUSTOM = "other: a checkpoint folder or an inline spec"
@@ -78,7 +83,18 @@ try:
         dtype=dtype,
         decode_tokens=int(decode_tokens),
     )
-    est = estimate_cell(cell, spec, techs)
+    del spec  # resolved here so that a bad model is said before tracing
+    analytic_only = predict(cell, trace=False)
+    small = analytic_only["params"]["total"] <= 2_000_000_000
+    trace = st.checkbox(
+        "traced estimate (the real step on fake tensors)",
+        value=small,
+        # one widget per size class: a choice made for an 8 B model does not carry to a tiny one
+        key="es_trace" if small else "es_trace_large",
+        help="what `memgauge estimate` does by default; off by default above 2 B parameters "
+        "(tracing a large model takes minutes on CPU)",
+    )
+    pred = predict(cell, trace=True) if trace else analytic_only
 except (SpecError, ValueError) as exc:
     st.error(str(exc))
     st.stop()
@@ -90,9 +106,14 @@ for t in techs:
             f"report it unsupported."
         )
 
-peak = est["peak"]
+peak = predicted_peak(pred)
+tr = pred["traced"]
 c1, c2, c3 = st.columns(3)
-c1.metric("estimated peak", fmt_bytes(peak))
+c1.metric(
+    "estimated peak",
+    fmt_bytes(peak),
+    help="the traced peak where there is one (it runs the real step), else the analytic one",
+)
 
 
 def count(n: int) -> str:
@@ -103,31 +124,80 @@ def count(n: int) -> str:
     return str(n)
 
 
+params = pred["params"]
 c2.metric(
     "parameters (trainable)",
-    f"{count(est['params']['total'])} ({count(est['params']['trainable'])})",
-    help=f"{est['params']['total']:,} parameters, {est['params']['trainable']:,} trainable",
+    f"{count(params['total'])} ({count(params['trainable'])})",
+    help=f"{params['total']:,} parameters, {params['trainable']:,} trainable",
 )
+v = verdict(peak, budget)
 if budget is not None:
-    fits = peak <= budget
+    fits = bool(v["fits"])
     # the delta's sign sets its arrow and colour: + headroom is green, − (short) is red
     c3.metric(
         "device memory: " + ("fits" if fits else "does not fit"),
         fmt_bytes(budget),
-        f"{'+' if fits else ''}{fmt_bytes(budget - peak)} headroom",
+        f"{'+' if fits else ''}{fmt_bytes(v['headroom'])} headroom",
     )
     (st.success if fits else st.warning)(
         f"{'Fits' if fits else 'Does not fit'} in {fmt_bytes(budget)}: estimated peak "
         f"{fmt_bytes(peak)} ({peak / budget:.0%} of the device)."
     )
-st.plotly_chart(F.estimate_figure(est["breakdown"], device_memory=budget), key="estimate")
-table = pd.DataFrame({"category": list(est["breakdown"]), "bytes": list(est["breakdown"].values())})
-table["size"] = table["bytes"].map(fmt_bytes)
-st.dataframe(table, hide_index=True)
-for note in est.get("notes") or []:
+where = f"analytic peak at {pred['peak_phase']}"
+where += (
+    f"; traced peak at op {pred.get('traced_peak_op')} (traced in {pred.get('traced_seconds')} s)"
+    if tr
+    else f"; traced: {pred['traced_reason']}"
+)
+st.caption(where)
+analytic = {k: v for k, v in pred["analytic"].items() if k != "peak"}
+traced = {k: v for k, v in (tr or {}).items() if k != "peak"}
+st.plotly_chart(
+    F.estimate_figure(
+        traced or analytic, device_memory=budget, title="traced" if tr else "analytic"
+    ),
+    key="estimate",
+)
+table = pd.DataFrame({"category": list(analytic), "analytic": list(analytic.values())})
+table["analytic"] = table["analytic"].map(fmt_bytes)
+if tr:
+    table["traced"] = [fmt_bytes(traced.get(k)) for k in analytic]
+C.table(table)
+for note in pred.get("notes") or []:
     st.caption(f"note: {note}")
 st.caption(
     "Not modelled: allocator reserve and fragmentation, the CUDA context (~0.3–1 GiB), "
     "framework workspaces. Leave headroom. Same numbers as `memgauge estimate "
     "--json`."
 )
+
+# -- measured evidence: the same model, mode and techniques, any shape ----------------------------
+st.subheader("Measured cells of this model and techniques")
+stored = L.stored_techniques(cell.techniques)
+try:
+    evidence = C.cached(Q.measured_like, model, mode, stored) if C.cached(Q.has_results) else None
+except Exception:  # noqa: BLE001 - no store is fine here: the estimate needs none
+    evidence = None
+if evidence is None or evidence.empty:
+    st.caption(
+        f"No measured cell of {model} · {mode} · {L.technique_label(stored)} in the store yet: "
+        f"measure one with `memgauge run --model {model} --mode {mode}"
+        + "".join(f" -t {t}" for t in cell.techniques)
+        + "` to set this prediction against a measurement."
+    )
+else:
+    shown = evidence.assign(
+        error=[
+            f"{a / m - 1:+.1%}" if a and m else "—"
+            for a, m in zip(evidence["analytic_peak"], evidence["peak_allocated"], strict=True)
+        ]
+    )
+    C.table(
+        C.bytes_columns(shown, ["peak_allocated", "analytic_peak", "traced_peak"]).rename(
+            columns={"error": "analytic vs measured"}
+        )
+    )
+    st.caption(
+        "The newest successful cells of the same model, mode and technique set, each with the "
+        "estimate stored when it was measured (at its own shape)."
+    )
