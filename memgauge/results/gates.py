@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from memgauge.results import labels as L
 from memgauge.units import fmt_bytes, parse_bytes
 
 # metric -> (unit, higher_is_better)
@@ -395,8 +396,7 @@ def run_rows(store: Any, run_id: str) -> list[dict[str, Any]]:
 
 
 def cell_label(r: dict[str, Any]) -> str:
-    tech = r["techniques"] or "baseline"
-    return f"{r['model']} {r['mode']} [{tech}] b={r['batch']} s={r['seq_len']}"
+    return L.cell_label(r)
 
 
 def compare_rows(

@@ -30,6 +30,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from memgauge.results import labels as L
 from memgauge.results import schema as S
 from memgauge.results.gates import (  # noqa: F401 - re-exported: nightly's gates are these
     DEFAULT_GATES,
@@ -286,10 +287,7 @@ class NightlyReport:
 
 
 def _label(row: dict[str, Any]) -> str:
-    return (
-        f"{row['model']} {row['mode']} [{row['techniques'] or 'baseline'}] "
-        f"b={row['batch']} s={row['seq_len']} {row['dtype']} {row['device']}"
-    )
+    return L.cell_label(row, full=True)
 
 
 def evaluate(store: Store, run_id: str, gates: list[Gate] | None = None) -> NightlyReport:
