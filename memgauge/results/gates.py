@@ -42,9 +42,10 @@ DEFAULT_GATES = (
     "peak_reserved:2%,4blocks",
     "tokens_per_s:5%,3x",
 )
-BLOCK_BYTES = {"cpu": 64 * 1024, "cuda": 2 * 1024 * 1024}
-"""One allocator block per device type: CPU tensors are malloc'd exactly (64 KiB is the mmap
-threshold the profilers run with), CUDA's caching allocator rounds to 2 MiB segments."""
+BLOCK_BYTES = {"cpu": 4096, "cuda": 2 * 1024 * 1024}
+"""One allocator block per device type: CPU tensors are malloc'd exactly and the profiler's
+tensor peak is exact, so the floor is a page (4 KiB); CUDA's caching allocator rounds to 2 MiB
+segments."""
 DEFAULT_K = 3.0
 """spread multiple of a ratio interval when no gate names one"""
 MAD_TO_SD = 1.4826

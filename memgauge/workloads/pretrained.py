@@ -60,17 +60,20 @@ def cache_dir() -> Path:
 
 def code_hash() -> str:
     """Hash of what decides a trained checkpoint's contents: the recipe and the training loop
-    (not the rest of this module), how a spec becomes a model, and the corpus text itself (it
-    is the standard library's docstrings, so a new Python is a new corpus)."""
+    (not the rest of this module), how a spec becomes a model, the corpus code and the Python
+    version whose standard library's docstrings the corpus is.  (Not the corpus bytes: they
+    depend on which submodules a process has imported, so two processes would disagree.)"""
     import inspect
+    import sys
 
     from memgauge.workloads import data, zoo
 
     h = hashlib.sha256()
     for obj in (PretrainConfig, heldout_loss, pretrain, zoo.build_config, zoo.build_model):
         h.update(inspect.getsource(obj).encode())
-    for split in ("train", "heldout"):
-        h.update(hashlib.sha256(data.corpus_split(split)).digest())
+    for obj in (data.corpus_bytes, data.corpus_split, data.corpus_batch):
+        h.update(inspect.getsource(obj).encode())
+    h.update(repr((data._CORPUS_MODULES, sys.version_info[:2])).encode())  # noqa: SLF001
     return h.hexdigest()[:12]
 
 

@@ -36,11 +36,12 @@ def test_memory_floor_scales_with_the_cell_and_device():
     # +10 % of a 35 MiB cell is caught too; +1 % is not
     assert g.check(int(38.5 * MiB), 35 * MiB, None, "cpu").direction == "worse"
     assert g.check(int(35.35 * MiB), 35 * MiB, None, "cpu").direction == "same"
-    # the block floor: 4 x 64 KiB on CPU, 4 x 2 MiB on CUDA
-    assert g.fixed_threshold(1 * MiB, "cpu") == 256 * KiB
+    # the block floor: 4 x 4 KiB on CPU, 4 x 2 MiB on CUDA
+    assert g.fixed_threshold(100 * KiB, "cpu") == 16 * KiB
+    assert g.check(int(1.1 * MiB), 1 * MiB, None, "cpu").direction == "worse"  # a tiny cell
     assert g.fixed_threshold(1 * MiB, "cuda:0") == 8 * MiB
     assert g.check(5 * MiB, 1 * MiB, None, "cuda").direction == "same"
-    assert "4 blocks (256.00 KiB)" in g.describe(1 * MiB, None, "cpu")
+    assert "4 blocks (16.00 KiB)" in g.describe(1 * MiB, None, "cpu")
     with pytest.raises(ValueError, match="cannot read .3blocks"):
         Gate.parse("tokens_per_s:3blocks")
 
