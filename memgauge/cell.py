@@ -20,6 +20,42 @@ __all__ = ["DTYPES", "MODES", "WEIGHTS", "Cell", "check_number"]
 
 WEIGHTS = ("random", "trained")
 
+# Precision recipes: what a cell's dtype and precision techniques amount to, by name.  Bytes of
+# model state per parameter are AdamW's (weights + gradients + exp_avg + exp_avg_sq).
+PRECISIONS: dict[str, str] = {
+    "fp32": "fp32 weights, gradients, optimizer state and matmuls (AdamW: 16 B/param)",
+    "amp_bf16": "mixed precision: fp32 master weights, gradients and AdamW state (16 B/param) "
+    "+ bf16 autocast matmuls",
+    "amp_fp16": "mixed precision: fp32 master weights, gradients and AdamW state (16 B/param) "
+    "+ fp16 autocast matmuls with a GradScaler",
+    "pure_bf16": "bf16 weights, gradients and AdamW state, no fp32 master copy (8 B/param)",
+    "pure_fp16": "fp16 weights, gradients and AdamW state, no fp32 master copy (8 B/param)",
+}
+# what `--precision NAME` sets: the cell's dtype and the technique that makes the recipe
+PRECISION_CELL: dict[str, tuple[str, str | None]] = {
+    "fp32": ("float32", None),
+    "amp_bf16": ("float32", "autocast"),
+    "amp_fp16": ("float32", "autocast:dtype=float16"),
+    "pure_bf16": ("bfloat16", None),
+    "pure_fp16": ("float16", None),
+}
+
+
+def precision_recipe(dtype: str, techniques: list[str] | tuple[str, ...]) -> str:
+    """The named recipe of a cell: its dtype with autocast / pure_bf16 applied."""
+    from memgauge.spec import SpecError, parse_spec
+
+    for t in techniques:
+        try:
+            name, opts = parse_spec(t)
+        except SpecError:
+            continue
+        if name == "pure_bf16":
+            return "pure_bf16"
+        if name == "autocast" and dtype == "float32":
+            return "amp_fp16" if opts.get("dtype") == "float16" else "amp_bf16"
+    return {"float32": "fp32", "bfloat16": "pure_bf16", "float16": "pure_fp16"}.get(dtype, dtype)
+
 
 @dataclass(kw_only=True)
 class Cell:
@@ -96,9 +132,17 @@ class Cell:
     def from_dict(cls, d: dict[str, Any]) -> Cell:
         return cls(**d)
 
+    @property
+    def precision(self) -> str:
+        """The precision recipe (PRECISIONS): fp32, amp_bf16, amp_fp16, pure_bf16, pure_fp16."""
+        return precision_recipe(self.dtype, self.techniques)
+
     def label(self) -> str:
         tech = "+".join(self.techniques) or "baseline"
-        return f"{self.model} {self.mode} [{tech}] b={self.batch} s={self.seq_len} {self.dtype} {self.device}"
+        return (
+            f"{self.model} {self.mode} [{tech}] b={self.batch} s={self.seq_len} "
+            f"{self.dtype} ({self.precision}) {self.device}"
+        )
 
 
 def check_number(name: str, value: Any, *, minimum: float = 1, integer: bool = True) -> str | None:

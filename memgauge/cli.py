@@ -34,13 +34,14 @@ def _cell_from_args(args: argparse.Namespace) -> Any:
     from memgauge.suite import SuiteError, resolve_device, validate_cell
 
     device = resolve_device(args.device)
+    dtype, techniques = _precision_args(args)
     cell = Cell(
         model=args.model,
         mode=args.mode,
-        techniques=list(args.technique or []),
+        techniques=techniques,
         batch=args.batch,
         seq_len=args.seq,
-        dtype=args.dtype,
+        dtype=dtype,
         device=device,
         steps=args.steps,
         warmup=args.warmup,
@@ -58,6 +59,33 @@ def _cell_from_args(args: argparse.Namespace) -> Any:
     if ok is None:
         raise SuiteError(problems)
     return ok
+
+
+def _precision_args(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """--precision NAME sets the dtype and the autocast technique of a recipe (cell.PRECISIONS);
+    --dtype alone keeps its meaning (bfloat16 = pure_bf16)."""
+    from memgauge.cell import PRECISION_CELL, precision_recipe
+    from memgauge.suite import SuiteError
+
+    techniques = list(args.technique or [])
+    name = getattr(args, "precision", None)
+    if name is None:
+        return args.dtype or "float32", techniques
+    dtype, tech = PRECISION_CELL[name]
+    if args.dtype is not None and args.dtype != dtype:
+        raise SuiteError(
+            [
+                f"--precision {name} runs in {dtype}; drop --dtype {args.dtype} or pick another recipe"
+            ]
+        )
+    if tech is not None:
+        techniques.append(tech)
+    got = precision_recipe(dtype, techniques)
+    if got != name:
+        raise SuiteError(
+            [f"--precision {name} conflicts with the techniques given (they make it {got})"]
+        )
+    return dtype, techniques
 
 
 def _bytes_or_none(v: str | None) -> int | None:
@@ -90,21 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     not_stored = stored_as = None
     if store is not None:
         stored_as, not_stored = _store_run_result(store, cell, result)
-    out = {
-        k: result.get(k)
-        for k in (
-            "schema_version",
-            "cell",
-            "status",
-            "error",
-            "params",
-            "memory",
-            "timing",
-            "quality",
-            "prediction",
-            "env",
-        )
-    }
+    out = result  # the whole result as stored (run_sweep's additions included)
     if args.json:
         sys.stdout.write(json.dumps(out, default=str) + "\n")
         if stored_as:  # stdout holds exactly one JSON object
@@ -336,6 +350,7 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
+    from memgauge.cell import PRECISIONS
     from memgauge.estimate.fits import device_memory_for, predict, predicted_peak, verdict
     from memgauge.units import fmt_bytes, parse_bytes
 
@@ -344,6 +359,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     pred = predict(cell, trace=not args.no_trace)
     v = verdict(predicted_peak(pred), device_memory_for(cell, given))
     out = {
+        "precision": cell.precision,
         "analytic": pred["analytic"],
         "traced": pred["traced"],
         "params": pred["params"],
@@ -358,6 +374,12 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         print(json.dumps(out))
         return 0
     print(f"{cell.label()}")
+    print(f"  precision: {cell.precision} ({PRECISIONS[cell.precision]})")
+    if cell.mode == "train" and cell.precision.startswith("pure_"):
+        print(
+            "  mixed precision (fp32 master weights + AdamW, 16 B/param) is "
+            f"--precision amp_{cell.precision[5:]}"
+        )
     tr = pred["traced"] or {}
     print(f"  {'':<16} {'analytic':>12} {'traced':>12}")
     for k, val in pred["analytic"].items():
@@ -381,6 +403,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def _add_cell_args(p: argparse.ArgumentParser, *, run: bool) -> None:
+    from memgauge.cell import PRECISIONS
+
     p.add_argument("--model", required=True, help="zoo name, checkpoint folder or inline spec")
     p.add_argument("--mode", required=True, choices=MODES)
     p.add_argument(
@@ -394,7 +418,17 @@ def _add_cell_args(p: argparse.ArgumentParser, *, run: bool) -> None:
     p.add_argument(
         "--seq", type=int, default=128, help="sequence length (prompt length for decode)"
     )
-    p.add_argument("--dtype", default="float32", choices=DTYPES)
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=DTYPES,
+        help="parameter dtype (default float32); bfloat16 alone is pure_bf16, see --precision",
+    )
+    p.add_argument(
+        "--precision",
+        choices=tuple(PRECISIONS),
+        help="a named precision recipe: " + "; ".join(f"{k} = {v}" for k, v in PRECISIONS.items()),
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--decode-tokens", type=int, default=16, help="new tokens per decode step")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")

@@ -82,7 +82,15 @@ def test_run_json_follows_the_contract(mode, tmp_path):
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 1, "exactly one JSON object on stdout"
     r = json.loads(lines[0])
-    assert set(r) == CONTRACT
+    assert CONTRACT <= set(r)
+    # the whole stored result: caveats, timings and the worker's exit are not dropped
+    assert {"notes", "wall_s", "exit_code", "stderr_tail"} <= set(r)
+    assert isinstance(r["notes"], list) and r["exit_code"] == 0 and r["wall_s"] > 0
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "s.sqlite") as db:
+        (stored,) = db.execute("select result_json from results").fetchone()
+    assert json.loads(stored) == r
     assert r["schema_version"] == 1 and r["status"] == "ok" and r["error"] is None
     assert set(r["cell"]) == {
         "model",
@@ -91,9 +99,11 @@ def test_run_json_follows_the_contract(mode, tmp_path):
         "batch",
         "seq_len",
         "dtype",
+        "precision",
         "device",
         "key",
     }
+    assert r["cell"]["precision"] == "fp32"
     assert MEMORY <= set(r["memory"])
     assert set(r["memory"]["breakdown"]) == BREAKDOWN
     assert set(r["memory"]["steady"]) >= {"parameters", "gradients", "optimizer_state"}

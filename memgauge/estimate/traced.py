@@ -133,6 +133,16 @@ class FakeBreakdownTracker(BreakdownTracker):
         return out
 
 
+class _ScalarAnswers(TorchDispatchMode):
+    """Answers `.item()` on fake tensors (as FakeBreakdownTracker does) and nothing else."""
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func is torch.ops.aten._local_scalar_dense.default:
+            dt = args[0].dtype
+            return True if dt == torch.bool else (1.0 if dt.is_floating_point else 1)
+        return func(*args, **(kwargs or {}))
+
+
 def _python_cpu_kernel(func: Any) -> Any:
     """The CPU kernel of a library op written in Python over torch ops, or None.
 
@@ -242,7 +252,9 @@ def trace_cell(cell: Any) -> dict[str, Any]:
     stages = ["build"]
     try:
         with _real_mask_decisions():
-            with fake, FakeBreakdownTracker(fake, dev.type):  # answers .item() during the build
+            # the build needs .item() answered, not tracked: a tracker here (its saved-tensor
+            # hooks) kept the fp32 weights torchao's fp8 quantizer replaced alive, two copies each
+            with fake, _ScalarAnswers():
                 wl = prepare(cell, dev, techniques=techniques, stage=stages.append)
             _weak_memo(fake)  # drop what the build replaced (peft's moved adapters)
             params = param_counts(wl)

@@ -11,6 +11,11 @@ gradients, optimizer state, other).  During the step:
 Frees are seen through weak references to the storages.  The peak is the highest running total;
 the live set at the peak is rebuilt from allocation/free sequence numbers, so each event is O(1).
 
+Weights are `parameters` wherever they are kept: quantization state (bitsandbytes' absmax,
+torchao's scales and zero points), CSR buffers' indices and values, and the int8 weights torch.ao
+packs outside torch storages (`memgauge.profilers.live.opaque_weights`: one record each, alive
+for the whole step, as they are).
+
 Unlike torch's MemTracker it does not rely on module hooks over trainable parameters, so it works
 when parameters are frozen (LoRA, QLoRA).  It also runs under FakeTensorMode, which is how the
 traced estimator reuses it.  Slow (Python per op): never in the timing pass.
@@ -19,6 +24,7 @@ traced estimator reuses it.  Slow (Python per op): never in the timing pass.
 from __future__ import annotations
 
 import contextlib
+import gc
 import time
 import weakref
 from collections.abc import Callable, Iterable
@@ -29,7 +35,16 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from memgauge.profilers.live import live_tensors, tensor_storages
+from memgauge.profilers.live import (
+    live_tensors,
+    logical_parameter_count,
+    opaque_weights,
+    sparse_components,
+    tensor_storages,
+    unique_bytes,
+    weight_tensor_ids,
+    weight_tensors,
+)
 from memgauge.result import CATEGORIES
 
 
@@ -113,6 +128,10 @@ class BreakdownTracker(TorchDispatchMode):
     def _track_tensor(self, t: torch.Tensor, category: str) -> None:
         if t.device.type != self.device_type:
             return
+        if t.layout != torch.strided:  # sparse: the bytes are in its indices and values
+            for inner in sparse_components(t):
+                self._track_tensor(inner, category)
+            return
         if type(t) is not torch.Tensor and hasattr(type(t), "__tensor_flatten__"):
             # a tensor subclass (DTensor: a rank's local shard) holds its bytes in inner tensors
             try:
@@ -148,8 +167,11 @@ class BreakdownTracker(TorchDispatchMode):
         extra: dict[str, Iterable[torch.Tensor]] | None = None,
     ) -> None:
         """Record every live storage with its category before the step starts."""
+        # garbage in reference cycles (the Linear layers a quantizer replaced) is not alive for
+        # the allocator once collected: collect it first, as the profiler's live baseline does
+        gc.collect()
         known: list[tuple[str, list[torch.Tensor]]] = [
-            ("parameters", list(model.parameters())),
+            ("parameters", weight_tensors(model)),
             ("buffers", list(model.buffers())),
             ("gradients", [p.grad for p in model.parameters() if p.grad is not None]),
             ("optimizer_state", list(optimizer_state_tensors(optimizer))),
@@ -161,6 +183,19 @@ class BreakdownTracker(TorchDispatchMode):
                 self._register_deep(t, cat)
         for t in live_tensors():  # whatever else is alive: inputs, caches of other libraries
             self._register_deep(t, "other")
+        if self.device_type == "cpu":
+            for i, o in enumerate(opaque_weights(model)):
+                self._track_opaque(-(i + 1), o.nbytes, "parameters")
+
+    def _track_opaque(self, key: int, nbytes: int, category: str) -> None:
+        """Bytes that are no torch storage (packed weights): alive until the tracker ends."""
+        if key in self._recs:
+            return
+        self._seq += 1
+        self._recs[key] = _Rec(nbytes, category, self._seq)
+        self.total += nbytes
+        if self.total > self.peak:
+            self.peak, self.peak_seq = self.total, self._seq
 
     def _register_deep(self, t: torch.Tensor, category: str) -> None:
         if t.device.type != self.device_type:
@@ -225,6 +260,37 @@ class BreakdownTracker(TorchDispatchMode):
             ):
                 out[rec.category] += rec.nbytes
         return out
+
+
+def steady_state(model: torch.nn.Module, optimizer: Any = None) -> dict[str, int]:
+    """Model state between steps, bytes by category; weights are `parameters` wherever they
+    are kept (quantization state, CSR buffers, packed int8 weights)."""
+    weights = weight_tensor_ids(model)
+    return {
+        "parameters": stored_weight_bytes(model),
+        "buffers": unique_bytes(b for b in model.buffers() if id(b) not in weights),
+        "gradients": unique_bytes(p.grad for p in model.parameters() if p.grad is not None),
+        "optimizer_state": unique_bytes(optimizer_state_tensors(optimizer)),
+    }
+
+
+def parameter_summary(
+    model: torch.nn.Module, trainable: Iterable[torch.Tensor], mode: str
+) -> dict[str, int]:
+    """`params` of a result: `total` the logical parameter count (the architecture's, whatever
+    the storage: memgauge.profilers.live.logical_parameter_count), `trainable` what the
+    optimizer updates (0 outside training), `stored_bytes` what the weights occupy."""
+    return {
+        "total": logical_parameter_count(model),
+        "trainable": sum(p.numel() for p in trainable) if mode == "train" else 0,
+        "stored_bytes": stored_weight_bytes(model),
+    }
+
+
+def stored_weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes the weights occupy: parameters, their quantization state, sparse weight buffers
+    and packed (opaque) weights."""
+    return unique_bytes(weight_tensors(model)) + sum(o.nbytes for o in opaque_weights(model))
 
 
 def optimizer_state_tensors(optimizer: Any) -> Iterable[torch.Tensor]:

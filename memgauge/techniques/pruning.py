@@ -168,12 +168,9 @@ class SparseStorage(Technique):
         ib = self.index_bits // 8
         sparse = s.layers * sum(sparse_bytes(r, c, self.sparsity, est.e, ib) for r, c in shapes)
         dense = _layer_linear_elems(s) * est.e
-        # CSR weights are buffers, not parameters
-        est.param_bytes -= dense
-        est.buffer_bytes += sparse
-        n = _layer_linear_elems(s)
-        est.total_params -= n
-        est.trainable_params -= n
+        # CSR weights are buffers of the module, filed with the weights (`parameters`); the
+        # logical parameter count is the architecture's (dense shapes), unchanged
+        est.param_bytes += sparse - dense
 
 
 @register

@@ -304,27 +304,19 @@ class DynamicInt8(Technique):
                 wrapper = torch.nn.Sequential(lin)
                 quantize_dynamic(wrapper, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
                 setattr(parent, attr, wrapper[0])
-        # packed weights live in C++ objects, invisible to parameter walks: say so
+        # packed weights live in C++ objects, invisible to storage walks and to the profiler:
+        # they are measured through their unpack (memgauge.profilers.live.opaque_weights)
+        from memgauge.profilers.live import opaque_weights
+
+        seen = sum(o.nbytes for o in opaque_weights(wl.hf_model))
         wl.notes.append(
-            "dynamic_int8: weights are fbgemm-packed (not nn.Parameters); "
-            "see dynamic_int8_weight_bytes"
+            f"dynamic_int8: weights are fbgemm-packed outside torch storages; {seen} B "
+            "counted through their unpack (int8 weight + scale/zero point + bias) in the "
+            "peak, breakdown and params; not seen: the packing layout's padding and fbgemm's "
+            "int32 column offsets (4 B per output channel)"
         )
 
     def analytic(self, est: Any) -> None:
         elems, _ = _linear_weights(est.spec, self.include_head)
         # int8 values; the per-tensor scale and zero point are scalars in the tensor's metadata
         est.param_bytes += elems * 1 - elems * est.e
-
-
-def dynamic_int8_weight_bytes(model: Any) -> int:
-    """Bytes of the int8 weights (and fp32 biases) held by dynamically quantized Linear layers."""
-    from torch.ao.nn.quantized.dynamic import Linear as DynLinear
-
-    total = 0
-    for m in model.modules():
-        if isinstance(m, DynLinear):
-            w, b = m._packed_params._weight_bias()
-            total += w.numel() * w.element_size() + (
-                b.numel() * b.element_size() if b is not None else 0
-            )
-    return total

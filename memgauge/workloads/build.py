@@ -152,11 +152,11 @@ def prepare(
 
 
 def param_counts(wl: Workload) -> dict[str, int]:
-    """{'total', 'trainable'} parameter elements (a tied tensor counted once)."""
-    return {
-        "total": sum(p.numel() for p in {id(p): p for p in wl.model.parameters()}.values()),
-        "trainable": sum(p.numel() for p in wl.trainable_parameters()),
-    }
+    """A result's `params` (memgauge.profilers.breakdown.parameter_summary): the logical
+    parameter count, what the optimizer trains (0 outside training), the weights' bytes."""
+    from memgauge.profilers.breakdown import parameter_summary
+
+    return parameter_summary(wl.model, wl.trainable_parameters(), wl.mode)
 
 
 @dataclass(frozen=True, slots=True)

@@ -429,16 +429,9 @@ def _breakdown_pass(run: _Run) -> None:
 
 def _steady_pass(run: _Run) -> None:
     """Model state after the last step."""
-    from memgauge.profilers.breakdown import optimizer_state_tensors
-    from memgauge.profilers.live import unique_bytes
+    from memgauge.profilers.breakdown import steady_state
 
-    model = run.wl.model
-    run.result["memory"]["steady"] = {
-        "parameters": unique_bytes(model.parameters()),
-        "buffers": unique_bytes(model.buffers()),
-        "gradients": unique_bytes(p.grad for p in model.parameters() if p.grad is not None),
-        "optimizer_state": unique_bytes(optimizer_state_tensors(run.wl.optimizer)),
-    }
+    run.result["memory"]["steady"] = steady_state(run.wl.model, run.wl.optimizer)
 
 
 def _quality_pass(run: _Run) -> None:
@@ -498,7 +491,8 @@ def _prediction_pass(run: _Run, techniques: list[Any]) -> None:
             pred["traced"] = traced["breakdown"]
             pred["traced_peak"] = traced["peak"]
             pred["traced_s"] = traced["seconds"]
-        else:
+        else:  # the analytic figure stands in, and the result says why
+            pred["traced_reason"] = why
             result["notes"].append(f"traced estimate unavailable: {why}")
     except Exception as exc:  # noqa: BLE001 - a failed prediction must not lose the measurement
         result["notes"].append(f"traced estimate failed: {type(exc).__name__}: {exc}")

@@ -5,12 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from memgauge.profilers.live import unique_bytes
-from memgauge.techniques.quantization import (
-    _linear_weights,
-    bnb4_bytes_per_param,
-    dynamic_int8_weight_bytes,
-)
+from memgauge.profilers.live import opaque_weights, unique_bytes
+from memgauge.techniques.quantization import _linear_weights, bnb4_bytes_per_param
 from memgauge.workloads.zoo import resolve_model
 from tests.techniques.helpers import TINY, build, cell, estimate, param_bytes
 
@@ -72,7 +68,8 @@ def test_dynamic_int8_weights_are_one_byte():
     wl = build(c)
     elems, rows = _layer_elems_rows(include_head=True)
     # int8 weights (per-tensor scale in metadata); these Linears have no bias
-    assert dynamic_int8_weight_bytes(wl.hf_model) == elems
+    # (plus one fp64 scale and int64 zero point per tensor)
+    assert sum(o.nbytes for o in opaque_weights(wl.hf_model)) == elems + 16 * 7 * SPEC.layers + 16
     # what stays an nn.Parameter: embeddings and norms only
     assert param_bytes(wl) == (SPEC.param_count() - elems) * 4
     est = estimate(c)

@@ -136,6 +136,10 @@ def estimate_cell(cell: Any, spec: Any, techniques: list[Any]) -> dict[str, Any]
         "breakdown": est.breakdown,
         "peak": est.peak,
         "peak_phase": est.peak_phase,
-        "params": {"total": est.total_params, "trainable": est.trainable_params},
+        "params": {
+            "total": est.total_params,
+            "trainable": est.trainable_params if est.mode == "train" else 0,
+            "stored_bytes": int(round(est.param_bytes)),
+        },
         "notes": est.notes,
     }
