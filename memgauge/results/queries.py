@@ -880,3 +880,16 @@ def timeline(store: Store, result_id: int) -> list[tuple[float, int]] | None:
         if isinstance(p, (list, tuple)) and len(p) >= 2:
             out.append((float(p[0]), int(p[1])))
     return out or None
+
+
+def reconciliation(store: Store, result_id: int) -> dict[str, Any]:
+    """Whether a result's breakdown adds up to its peak: {'breakdown_reconciled',
+    'breakdown_gap', 'breakdown_gap_reason'} (empty when the result did not check)."""
+    with store.connect() as con:
+        raw = con.execute(sa.select(R.c.result_json).where(R.c.id == result_id)).scalar()
+    mem = (json.loads(raw).get("memory") or {}) if raw else {}
+    return {
+        k: mem[k]
+        for k in ("breakdown_reconciled", "breakdown_gap", "breakdown_gap_reason")
+        if k in mem
+    }

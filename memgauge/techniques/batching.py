@@ -40,3 +40,5 @@ class GradientAccumulation(Technique):
         # the step's peak is a micro-batch's forward/backward over the same model state:
         # activations and logits follow the micro-batch (torch.chunk: ceil(batch/micro) rows)
         est.batch = -(-est.batch // self.micro)
+        # from the second micro-batch on, its backward runs beside the accumulated gradients
+        est.accumulated_grads = self.micro > 1

@@ -95,13 +95,28 @@ class EagerUnderDispatchMode:
         self.inner = inner
 
     def step(self, closure: Any = None) -> Any:
-        import torch
-        from torch.utils._python_dispatch import _get_current_dispatch_mode
+        import contextlib
 
-        if _get_current_dispatch_mode() is not None:
+        import torch
+        from torch.utils._python_dispatch import (
+            _get_current_dispatch_mode,
+            _get_current_dispatch_mode_stack,
+        )
+
+        from memgauge.profilers.breakdown import BreakdownTracker
+
+        if _get_current_dispatch_mode() is None:
+            return self.inner.step(closure)
+        # the eager step makes parameter-sized fp32 temporaries the compiled one fuses away:
+        # under the storage tracker they are not counted (the measured peak checks it)
+        trackers = [
+            m for m in _get_current_dispatch_mode_stack() if isinstance(m, BreakdownTracker)
+        ]
+        with contextlib.ExitStack() as stack:
+            for t in trackers:
+                stack.enter_context(t.unseen())
             with torch.compiler.set_stance("force_eager"):
                 return self.inner.step(closure)
-        return self.inner.step(closure)
 
     def __getattr__(self, name: str) -> Any:  # state, param_groups, zero_grad, ...
         return getattr(self.inner, name)
@@ -138,18 +153,23 @@ class TorchaoAdamW8bit(Technique):
             wl.notes.append(
                 f"{self.name}: torch.compile'd step (inductor C++ on CPU); the "
                 "breakdown pass runs it eagerly (compile cannot trace under the "
-                "tensor tracker)"
+                "tensor tracker) and does not count the eager step's temporaries"
             )
 
     def analytic(self, est: Any) -> None:
+        # torchao quantizes a tensor's moments only when it has >= 4096 elements AND its size
+        # divides by the block (torchao.optim._AdamBase._new_buffer); any other tensor keeps
+        # both moments in the parameter's dtype: an odd vocabulary's embedding, every tensor of
+        # a model whose hidden size is not a multiple of the block
+        qmap = 256 if self.bits == 8 else 16  # each quantized moment carries its fp32 code map
         total = 0.0
         for s in param_shapes(est.spec):
             n = math.prod(s)
-            if n >= 4096:  # torchao's min_quant_size
-                # two quantized moments + one fp32 scale per block each
-                total += 2 * n * self.bits / 8 + 2 * math.ceil(n / self.block) * 4
+            if n >= 4096 and n % self.block == 0:
+                total += 2 * (n * self.bits / 8 + n // self.block * 4 + qmap * 4)
             else:
-                total += 2 * n * 4
+                total += 2 * n * est.e
+            total += 4  # the fp32 `step` tensor of each parameter
         _set_state_bytes(est, total, self.name)
 
 
@@ -200,6 +220,9 @@ class Adafactor(Technique):
             total += (s[0] + s[1]) * 4 if len(s) == 2 else s[0] * 4
             total += 4
         _set_state_bytes(est, total, self.name)
+        # the step's one parameter-sized temporary: the factored variance estimate
+        # row_var @ col_var, which the update then overwrites in place (torch.optim.Adafactor)
+        est.opt_step_temp_factor = 1.0
 
 
 @register

@@ -265,6 +265,13 @@ class Fp8WeightOnly(Technique):
     def analytic(self, est: Any) -> None:
         elems, rows = _linear_weights(est.spec, self.include_head)
         est.param_bytes += elems * 1 + rows * 4 - elems * est.e
+        if est.spec.family == "llama" and not est.device.startswith("cuda"):
+            # no fp8 kernel on CPU: each matmul dequantizes its weight (torchao's
+            # _dequantize_affine_float8: qdata.to(fp32), then * scale), two weight-sized fp32
+            # copies alive at the multiply (measured with the storage tracker)
+            est.dequant_layer_elems = 2 * est.spec.hidden * est.spec.ffn * 4 // est.c
+            if self.include_head and not est.spec.tie:
+                est.dequant_head_elems = 2 * est.spec.vocab * est.spec.hidden * 4 // est.c
 
 
 @register

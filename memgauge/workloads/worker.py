@@ -412,7 +412,7 @@ def _cpu_peak_pass(run: _Run) -> None:
 
 def _breakdown_pass(run: _Run) -> None:
     """One step under the storage tracker: bytes by category at the peak."""
-    from memgauge.profilers.breakdown import measure_breakdown
+    from memgauge.profilers.breakdown import measure_breakdown, reconcile
     from memgauge.profilers.timing import downsample_timeline
 
     run.wl.quiesce()
@@ -422,6 +422,8 @@ def _breakdown_pass(run: _Run) -> None:
     mem = run.result["memory"]
     mem["breakdown"] = tracker.at_peak()
     mem["breakdown_peak"] = tracker.peak
+    if run.dev.type == "cpu":  # one allocator seen by both passes: the two must agree
+        mem.update(reconcile(mem["breakdown"], mem.get("peak_allocated"), run.result["notes"]))
     if "timeline" not in mem:  # CUDA: the tracker's series (its time includes tracking)
         mem["timeline"] = downsample_timeline(tracker.timeline)
         mem["timeline_source"] = "storage tracker (breakdown pass; times include tracking)"

@@ -78,6 +78,14 @@ if not df.empty:
             "the forward pass was alive at it."
         )
     r = df.iloc[t]
+    rec = C.cached(Q.reconciliation, rid)
+    if rec.get("breakdown_reconciled") is False:
+        st.warning(
+            f"This breakdown does not add up to the measured peak: it is "
+            f"{fmt_bytes(abs(rec['breakdown_gap']))} "
+            f"{'above' if rec['breakdown_gap'] > 0 else 'below'} it "
+            f"({rec.get('breakdown_gap_reason')})."
+        )
     st.caption(
         f"peak allocated {fmt_bytes(r['peak_allocated'])} · peak reserved "
         f"{fmt_bytes(r['peak_reserved'])} · device used {fmt_bytes(r['device_used_peak'])}"

@@ -42,6 +42,8 @@ class Estimate:
     adapter_rank: int = 0
     adapter_bytes: int = 4  # peft keeps adapters in fp32 on a 16-bit base
     checkpoint_layers: tuple[int, ...] = ()  # layers recomputed in backward (checkpoint)
+    accumulated_grads: bool = False
+    """gradients of earlier micro-batches stay alive through a later one's backward"""
     tied: bool = False
     act_extra_bytes: float = 0.0  # a technique's extra transient inside each layer's backward
     layer_rules: list[LayerRule] = field(default_factory=list)

@@ -51,8 +51,11 @@ def train_candidates(est: Estimate) -> list[tuple[str, dict[str, float]]]:
     if est.frozen_base:
         layer_p = trainable / L if L else 0.0
     out: list[tuple[str, dict[str, float]]] = []
+    all_g = trainable * g
 
     def cand(name: str, acts: float, temps: float, grads: float) -> None:
+        if est.accumulated_grads:  # a later micro-batch: every gradient exists already
+            grads = all_g
         b = dict(base)
         b["activations"], b["temporaries"], b["gradients"] = acts, temps, grads
         out.append((name, b))
@@ -80,7 +83,6 @@ def train_candidates(est: Estimate) -> list[tuple[str, dict[str, float]]]:
             grads_above + mlp_out_g,
         )
         grads_above += layer_p * g
-    all_g = trainable * g
     cand(
         "end of backward",
         0.0,
