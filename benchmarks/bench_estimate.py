@@ -247,23 +247,28 @@ def _child_sweep(what: str) -> list[dict]:
 
 
 def measure_in_children(whats: list[str]) -> list[dict[str, Any]]:
-    """`_child_sweep` for each odd shape (or "combinations"), one child process each."""
-    rows: list[dict[str, Any]] = []
+    """`_child_sweep` for each odd shape (or "combinations"), one child process each, run side
+    by side (each child's cells run one after the other)."""
     env = dict(os.environ, TORCHAO_FORCE_SKIP_LOADING_SO_FILES="1", MALLOC_MMAP_THRESHOLD_="65536")
-    for model in whats:
-        proc = subprocess.run(
-            [sys.executable, "-m", "benchmarks.bench_estimate", "--child-sweep", model],
-            capture_output=True,
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.bench_estimate", "--child-sweep", what],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
             env=env,
-            timeout=3000,
         )
+        for what in whats
+    ]
+    rows: list[dict[str, Any]] = []
+    for what, proc in zip(whats, procs, strict=True):
+        out, err = proc.communicate(timeout=3600)
         if proc.returncode != 0:
-            raise SystemExit(f"alone sweep on {model} failed:\n{proc.stderr[-3000:]}")
-        got = json.loads(proc.stdout.strip().splitlines()[-1])
+            raise SystemExit(f"sweep of {what} failed:\n{err[-3000:]}")
+        got = json.loads(out.strip().splitlines()[-1])
         for row in got:
             print(
-                f"{model[-34:]:34s} {row['mode']:8s} {row['techniques'][:34]:34s} "
+                f"{row['model'][-34:]:34s} {row['mode']:8s} {row['techniques'][:34]:34s} "
                 f"{row['status']:11s} analytic {_pct(row['analytic_err'])} traced "
                 f"{_pct(row['traced_err'])}",
                 flush=True,
@@ -421,8 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     from memgauge.results.provenance import collect_env
 
     rows = [] if args.skip_cells or args.alone_only else measure_cells(args.device, CELLS)
-    alone = [] if args.skip_cells else measure_in_children(list(ODD_SHAPES))
-    combos = [] if args.skip_cells else measure_in_children(["combinations"])
+    swept = [] if args.skip_cells else measure_in_children([*ODD_SHAPES, "combinations"])
+    alone = [r for r in swept if r["model"] in ODD_SHAPES]
+    combos = [r for r in swept if r["model"] not in ODD_SHAPES]
     per_technique = technique_table(alone)
     big = {} if args.alone_only else trace_big()
     print(
