@@ -188,6 +188,17 @@ class Bnb4bit(Technique):
         est.param_bytes += (
             elems * bnb4_bytes_per_param(self.double_quant, self.blocksize) - elems * est.e
         )
+        # each quantized weight's QuantState also keeps its 16-entry fp32 code table; double
+        # quantization adds the nested state's 256-entry fp32 code and an fp32 offset
+        n_weights = _quantized_weight_count(est.spec, self.include_head)
+        est.param_bytes += n_weights * (16 * 4 + ((256 + 1) * 4 if self.double_quant else 0))
+
+
+def _quantized_weight_count(spec: Any, include_head: bool) -> int:
+    """How many Linear weights a quantizer replaces (7 per Llama layer, + the head)."""
+    if spec.family != "llama":
+        return 0
+    return 7 * spec.layers + (1 if include_head and not spec.tie else 0)
 
 
 def bnb4_bytes_per_param(double_quant: bool, blocksize: int) -> float:
