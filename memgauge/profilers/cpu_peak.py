@@ -97,13 +97,15 @@ def _storage_of(t: Any, key: int) -> Any:
     stack = [t]
     while stack:
         x = stack.pop()
+        if not isinstance(x, torch.Tensor):  # a subclass's flattened attribute (a DeviceMesh)
+            continue
         flatten = getattr(type(x), "__tensor_flatten__", None)
         if flatten is not None and type(x) is not torch.nn.Parameter:
             try:
                 names, _ = x.__tensor_flatten__()
                 stack.extend(getattr(x, n) for n in names)
                 continue
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - a subclass that cannot flatten is read as a tensor
                 pass
         if x.layout != torch.strided:
             stack.extend(sparse_components(x))
