@@ -9,16 +9,29 @@ from memgauge.techniques.base import Technique, register
 
 # Default target modules per family (the paper adapts the query and value projections).
 _DEFAULT_TARGETS = {"llama": ("q_proj", "v_proj"), "gpt2": ("c_attn",)}
-_FAMILY_TARGETS = {
-    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-    "gpt2": ("c_attn", "c_proj", "c_fc"),
-}
+
+
+def _layer_matrices(spec: Any) -> dict[str, tuple[int, int]]:
+    """{module path in a layer: (in, out)} of every weight matrix of a decoder layer, from
+    ModelSpec.param_shapes' one description (Linear weights are (out, in); GPT-2's Conv1D
+    weights are (in, out))."""
+    out = {}
+    for name, shape in spec.layer_param_shapes().items():
+        if len(shape) == 2 and name.endswith(".weight"):
+            a, b = shape
+            out[name.removesuffix(".weight")] = (b, a) if spec.family == "llama" else (a, b)
+    return out
+
+
+def known_targets(spec: Any) -> tuple[str, ...]:
+    """The module names LoRA can adapt in this family (the layer's matrices' last names)."""
+    return tuple(dict.fromkeys(m.rsplit(".", 1)[-1] for m in _layer_matrices(spec)))
 
 
 def check_targets(name: str, targets: tuple[str, ...], spec: Any) -> str | None:
     """An unknown target module for this model family, said before anything is built."""
-    known = _FAMILY_TARGETS.get(spec.family)
-    bad = [t for t in targets if known is not None and t not in known]
+    known = known_targets(spec)
+    bad = [t for t in targets if t not in known]
     if bad:
         return (
             f"{name}: unknown LoRA target {bad[0]!r} for a {spec.family} model; "
@@ -28,27 +41,22 @@ def check_targets(name: str, targets: tuple[str, ...], spec: Any) -> str | None:
 
 
 def adapted_shapes(spec: Any, targets: tuple[str, ...]) -> list[tuple[int, int]]:
-    """(in, out) of every adapted matrix, for the analytic count r·(d+k)."""
-    h, f = spec.hidden, spec.ffn
-    kv = spec.kv_heads * spec.head_dim
-    shapes = {
-        "q_proj": (h, h),
-        "k_proj": (h, kv),
-        "v_proj": (h, kv),
-        "o_proj": (h, h),
-        "gate_proj": (h, f),
-        "up_proj": (h, f),
-        "down_proj": (f, h),
-        "c_attn": (h, 3 * h),
-        "c_proj": (h, h),
-        "c_fc": (h, f),
-    }
+    """(in, out) of every adapted matrix, for the analytic count r·(d+k).  A target matches each
+    layer module whose last name it is (peft's suffix rule: GPT-2's `c_proj` is the attention's
+    and the MLP's)."""
+    matrices = _layer_matrices(spec)
     out = []
     for t in targets:
-        if t not in shapes:
-            raise ValueError(f"unknown LoRA target {t!r}; known: {', '.join(shapes)}")
-        out.extend([shapes[t]] * spec.layers)
+        hit = [s for m, s in matrices.items() if m.rsplit(".", 1)[-1] == t]
+        if not hit:
+            raise ValueError(f"unknown LoRA target {t!r}; known: {', '.join(known_targets(spec))}")
+        out.extend(hit * spec.layers)
     return out
+
+
+def adapter_param_shapes(spec: Any, targets: tuple[str, ...], r: int) -> list[tuple[int, int]]:
+    """Shapes of every adapter tensor: A (r×in) and B (out×r) per adapted matrix."""
+    return [s for d, k in adapted_shapes(spec, targets) for s in ((r, d), (k, r))]
 
 
 @register

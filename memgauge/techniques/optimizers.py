@@ -51,16 +51,20 @@ class AdamW8bit(Technique):
             est.opt_step_temp_factor = fp32_copies * 4 / est.grad_bytes_per_param
 
 
-def _small_tensor_params(est: Any) -> int:
-    """Elements in trainable tensors smaller than bitsandbytes' min_8bit_size (4096)."""
-    s = est.spec
+def trainable_shapes(est: Any) -> list[tuple[int, ...]]:
+    """Shapes of every trainable tensor: the adapters' A and B on a frozen base (LoRA), else
+    every parameter of the model as built (ModelSpec.param_shapes)."""
     if est.frozen_base:
-        return 0
-    if s.family == "llama":
-        return (2 * s.layers + 1) * s.hidden if s.hidden < 4096 else 0
-    small = (4 * s.layers + 2) * s.hidden if s.hidden < 4096 else 0  # LayerNorm weights/biases
-    small += s.layers * (3 * s.hidden + s.hidden + s.ffn + s.hidden) if s.hidden < 4096 else 0
-    return small
+        from memgauge.techniques.adapters import adapter_param_shapes
+
+        return adapter_param_shapes(est.spec, est.adapter_targets, est.adapter_rank)
+    return param_shapes(est.spec)
+
+
+def _small_tensor_params(est: Any, min_8bit_size: int = 4096) -> int:
+    """Elements in trainable tensors smaller than bitsandbytes' min_8bit_size (4096 elements),
+    which keep 32-bit state."""
+    return sum(n for n in map(math.prod, trainable_shapes(est)) if n < min_8bit_size)
 
 
 def _check_lr(lr: float) -> None:

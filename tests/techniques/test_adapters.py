@@ -61,3 +61,30 @@ def test_qlora_conflicts_with_its_parts():
     for other in ("lora", "checkpoint", "bnb4bit"):
         with pytest.raises(SpecError, match="cannot be combined"):
             parse_techniques(["qlora", other])
+
+
+@pytest.mark.parametrize(
+    "model,tech",
+    [
+        ("llama:layers=2,hidden=48,heads=3,kv_heads=1,ffn=100,vocab=301", "lora:r=3,targets=k_proj+down_proj"),
+        ("gpt2:layers=1,hidden=36,heads=4,ffn=50,vocab=259", "lora:r=5,targets=c_proj+c_fc"),
+    ],
+)  # fmt: skip
+def test_adapted_shapes_from_param_shapes_match_peft(model: str, tech: str):
+    """The adapters' shapes come from ModelSpec.param_shapes (GPT-2's `c_proj` is the attention's
+    and the MLP's, as peft's suffix rule adapts both): exactly the adapters peft makes."""
+    pytest.importorskip("peft")
+    from memgauge.techniques import parse_techniques
+    from memgauge.techniques.optimizers import trainable_shapes
+
+    c = cell(model=model, techniques=[tech])
+    wl = build(c)
+    real = sorted(tuple(p.shape) for p in wl.trainable_parameters())
+    est = estimate(c)
+    assert sorted(trainable_shapes(est)) == real
+    assert est.trainable_params == sum(p.numel() for p in wl.trainable_parameters())
+    (lora,) = parse_techniques([tech])
+    assert lora.check_model(resolve_model(model)) is None
+    other = "q_proj" if model.startswith("gpt2") else "c_fc"  # the other family's name
+    with pytest.raises(ValueError, match=f"unknown LoRA target '{other}'"):
+        adapted_shapes(resolve_model(model), (other,))

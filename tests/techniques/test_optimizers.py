@@ -90,3 +90,30 @@ def test_optimizer_in_backward_matches_and_frees_gradients():
     assert b1["gradients"] <= 2 * largest < n * 4
     assert b1["gradients"] < b0["gradients"] or b0["gradients"] <= 2 * largest
     assert TINY
+
+
+@pytest.mark.parametrize(
+    "techs",
+    [["adamw8bit"], ["lora:r=3,targets=q_proj+gate_proj", "adamw8bit"]],
+)
+def test_bnb_small_tensors_from_param_shapes(techs: list[str]):
+    """bitsandbytes keeps 32-bit state for tensors under 4096 elements: on an odd shape (a k_proj
+    of 768 elements, a q_proj of 2304, LoRA's A and B) the count from ModelSpec.param_shapes is
+    the optimizer's own, element for element."""
+    pytest.importorskip("bitsandbytes")
+    if len(techs) > 1:
+        pytest.importorskip("peft")
+    from memgauge.techniques.optimizers import _small_tensor_params
+
+    c = cell(
+        model="llama:layers=2,hidden=48,heads=3,kv_heads=1,ffn=100,vocab=301", techniques=techs
+    )
+    wl = build(c)
+    step_fn(wl, c)(0)
+    fp32_state = sum(
+        p.numel()
+        for p in wl.trainable_parameters()
+        if wl.optimizer.state[p]["state1"].dtype == torch.float32
+    )
+    assert fp32_state > 0
+    assert _small_tensor_params(estimate(c)) == fp32_state
