@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from memgauge.workloads.data import cache_dir
+
 log = logging.getLogger("memgauge.pretrained")
 
 META = "memgauge.json"
@@ -53,27 +55,20 @@ class PretrainConfig:
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
 
 
-def cache_dir() -> Path:
-    """$MEMGAUGE_CACHE, else ~/.cache/memgauge."""
-    return Path(os.environ.get("MEMGAUGE_CACHE") or Path.home() / ".cache" / "memgauge")
-
-
 def code_hash() -> str:
     """Hash of what decides a trained checkpoint's contents: the recipe and the training loop
-    (not the rest of this module), how a spec becomes a model, the corpus code and the Python
-    version whose standard library's docstrings the corpus is.  (Not the corpus bytes: they
-    depend on which submodules a process has imported, so two processes would disagree.)"""
+    (not the rest of this module), how a spec becomes a model, how batches are cut from the
+    corpus and the corpus bytes themselves (the same in every process of one Python build)."""
     import inspect
-    import sys
 
     from memgauge.workloads import data, zoo
 
     h = hashlib.sha256()
     for obj in (PretrainConfig, heldout_loss, pretrain, zoo.build_config, zoo.build_model):
         h.update(inspect.getsource(obj).encode())
-    for obj in (data.corpus_bytes, data.corpus_split, data.corpus_batch):
+    for obj in (data.corpus_split, data.corpus_batch):
         h.update(inspect.getsource(obj).encode())
-    h.update(repr((data._CORPUS_MODULES, sys.version_info[:2])).encode())  # noqa: SLF001
+    h.update(hashlib.sha256(data.corpus_bytes()).digest())
     return h.hexdigest()[:12]
 
 
