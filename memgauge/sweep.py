@@ -13,7 +13,8 @@ from typing import Any
 
 from memgauge.cell import Cell
 from memgauge.result import DONE, empty_result
-from memgauge.results.gates import DEFAULT_K, fmt_ratio_short, speed_ratio
+from memgauge.results import labels as L
+from memgauge.results.gates import DEFAULT_K, NO_DIFFERENCE, fmt_ratio_short, speed_ratio
 from memgauge.results.provenance import collect_env
 from memgauge.results.store import Store, StoreError
 from memgauge.units import fmt_bytes
@@ -470,12 +471,12 @@ def summary_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def format_summary(results: list[dict[str, Any]], *, color: bool = False) -> str:
     """The table; `color` dims quality measured on random-init weights (ANSI), else it is shown
-    in parentheses.  Speed is the ratio with its interval half-width (`≈1` = no measurable
-    difference: the interval includes 1.0)."""
+    in parentheses, with the reason below.  Speed is the ratio with its interval half-width
+    ("no measurable difference" where the interval includes 1.0)."""
     rows = summary_rows(results)
     head = (
         f"{'mode':<8} {'techniques':<28} {'status':<12} {'peak':>11} {'saving':>8} "
-        f"{'tokens/s':>10} {'speed':>11} {'Δloss':>10} {'KL':>10}"
+        f"{'tokens/s':>10} {'speed':>24} {'Δloss':>10} {'KL':>10}"
     )
     lines = [head, "-" * len(head)]
 
@@ -501,7 +502,7 @@ def format_summary(results: list[dict[str, Any]], *, color: bool = False) -> str
         pad = 8 if color and random_init else 0  # the escape codes take no columns
         lines.append(
             f"{r['mode']:<8} {r['techniques'][:28]:<28} {r['status']:<12} "
-            f"{fmt_bytes(r['peak']):>11} {pct(r['saving']):>8} {tps:>10} {speed:>11} "
+            f"{fmt_bytes(r['peak']):>11} {pct(r['saving']):>8} {tps:>10} {speed:>24} "
             f"{dloss:>{10 + pad}} {kl:>{10 + pad}}"
         )
     lines.append(
@@ -510,13 +511,14 @@ def format_summary(results: list[dict[str, Any]], *, color: bool = False) -> str
     )
     lines.append(
         f"speed = tokens/s ratio ± half its interval ({DEFAULT_K:g} x the combined spread of "
-        "timing rounds and the A/A pair); ≈1 = no measurable difference (the interval "
-        "includes 1.0); x? = spread unknown"
+        f"timing rounds and the A/A pair); {NO_DIFFERENCE} = the interval includes 1.0; "
+        "x? = spread unknown"
     )
     if reasons:
         lines.append(
             ("dimmed" if color else "(parenthesised)")
-            + " quality was measured on random-init weights, so it says little: "
+            + f" quality: {L.RANDOM_INIT} (measured on random-init weights: "
             + "; ".join(reasons)
+            + ")"
         )
     return "\n".join(lines)

@@ -187,6 +187,8 @@ class Gate:
             f"{self.metric} {verb} {fmt_rel(rel)} ({fmt_value(self.metric, baseline)} to "
             f"{fmt_value(self.metric, value)}); limit {self.describe(baseline, spread, device)}"
         )
+        if self.metric in SPEED_METRICS:
+            words += f"; ratio {fmt_ratio(ratio, ratio_interval(ratio, spread, k))}"
         if direction == "same":
             words += ": within the limit"
         elif direction == "noisy":
@@ -292,6 +294,10 @@ def timing_spread(timing: dict[str, Any] | None) -> tuple[float | None, str]:
 
 
 # -- formatting -----------------------------------------------------------------------------------
+NO_DIFFERENCE = "no measurable difference"
+"""what a ratio whose interval includes 1.0 reads, wherever it is shown"""
+
+
 def fmt_value(metric: str, v: float | None) -> str:
     if v is None:
         return "—"
@@ -316,19 +322,29 @@ def fmt_ratio(ratio: float | None, interval: tuple[float, float] | None) -> str:
         return f"{ratio:.2f}x (spread unknown)"
     lo, hi = interval
     if lo <= 1.0 <= hi:
-        return f"no measurable difference [{lo:.2f}, {hi:.2f}]"
+        return f"{NO_DIFFERENCE} [{lo:.2f}, {hi:.2f}]"
     return f"{ratio:.2f}x [{lo:.2f}, {hi:.2f}]"
 
 
+def fmt_change(
+    metric: str, rel: float | None, ratio: float | None, interval: tuple[float, float] | None
+) -> str:
+    """One metric's change in a line: `peak_allocated +10.0%`; a speed metric also with its
+    ratio and interval, `tokens_per_s -3.0% (no measurable difference [0.85, 1.13])`."""
+    out = f"{metric} {fmt_rel(rel)}"
+    return out + (f" ({fmt_ratio(ratio, interval)})" if metric in SPEED_METRICS else "")
+
+
 def fmt_ratio_short(ratio: float | None, interval: tuple[float, float] | None) -> str:
-    """For narrow table columns: `1.21x±0.17`, `≈1` (no measurable difference), `0.90x?`."""
+    """For table columns: `1.21x±0.17`, `no measurable difference` (the interval includes
+    1.0), `0.90x?` (spread unknown)."""
     if ratio is None:
         return "—"
     if interval is None:
         return f"{ratio:.2f}x?"
     lo, hi = interval
     if lo <= 1.0 <= hi:
-        return "≈1"
+        return NO_DIFFERENCE
     return f"{ratio:.2f}x±{(hi - lo) / 2:.2f}"
 
 

@@ -84,6 +84,24 @@ def run_label(r: dict[str, Any], *, comparable: bool | None = None) -> str:
     return f"{name} · {when} UTC · {r['id']}"
 
 
+# -- quality ---------------------------------------------------------------------------------------
+RANDOM_INIT = "random-init: quality says little"
+"""how a quality number measured on random-init weights is marked wherever it is shown"""
+
+
+class Dimmed(str):
+    """Text to show greyed (an HTML renderer gives its cell the class `dim`); it reads the same
+    as plain text elsewhere."""
+
+
+def quality_text(text: str, basis: str | None) -> str:
+    """A quality number as shown: on random-init weights it is parenthesised, marked with
+    `RANDOM_INIT` and `Dimmed`; otherwise as it is."""
+    if basis == "random-init" and text not in ("", "—"):
+        return Dimmed(f"({text}) {RANDOM_INIT}")
+    return text
+
+
 # -- escaping --------------------------------------------------------------------------------------
 def html_text(s: Any) -> str:
     """Text for a place that renders HTML (plotly labels and hovers, an HTML page): plotly.js

@@ -39,6 +39,7 @@ from memgauge.results.gates import (  # noqa: F401 - re-exported: nightly's gate
     SPEED_METRICS,
     Check,
     Gate,
+    fmt_change,
     fmt_rel,
     fmt_value,
     parse_gates,
@@ -392,7 +393,14 @@ def _judge(
         worst = min(cv.metrics, key=lambda m: ORDER.index(m.verdict))
         cv.verdict = worst.verdict
         cv.reason = "; ".join(
-            f"{m.metric} {fmt_rel(m.rel)}" for m in cv.metrics if m.verdict == worst.verdict
+            fmt_change(
+                m.metric,
+                m.rel,
+                m.value / m.baseline if m.value is not None and m.baseline else None,
+                m.interval,
+            )
+            for m in cv.metrics
+            if m.verdict == worst.verdict
         )
     cv.grew = _grew(night, window)
     return cv

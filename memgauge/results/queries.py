@@ -325,6 +325,7 @@ def _with_baseline(metric: str) -> tuple[Any, Any, Any]:
         R.c.id,
         R.c.run_id,
         *[R.c[c] for c in NATURAL_KEY],
+        base.c.id.label("baseline_id"),
         m.label("value"),
         bm.label("baseline_value"),
         (bm - m).label("saving_bytes"),
@@ -338,11 +339,34 @@ def _with_baseline(metric: str) -> tuple[Any, Any, Any]:
     return j, base, (cols, ok)
 
 
+def result_json_fields(store: Store, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """What a result keeps only in its JSON, per result id: `timing` (rounds, spread, the A/A
+    noise floor), `quality_basis` (`trained` | `random-init`) and `basis_reason`."""
+    out: dict[int, dict[str, Any]] = {}
+    ids = sorted({int(i) for i in ids if i is not None and i == i})
+    with store.connect() as con:
+        for i in range(0, len(ids), 500):
+            q = sa.select(R.c.id, R.c.result_json).where(R.c.id.in_(ids[i : i + 500]))
+            for rid, raw in con.execute(q):
+                res = json.loads(raw) or {}
+                qual = res.get("quality") or {}
+                out[int(rid)] = {
+                    "timing": res.get("timing") or {},
+                    "quality_basis": qual.get("basis"),
+                    "basis_reason": qual.get("basis_reason"),
+                }
+    return out
+
+
 def savings(
     store: Store, run_id: str, metric: str = "peak_allocated", *, limit: int = MAX_TABLE_ROWS
 ) -> pd.DataFrame:
     """Each successful technique cell of a run beside the same run's baseline: value,
-    baseline_value, saving_bytes, saving_frac (of the baseline), speed_ratio, quality_cost."""
+    baseline_value, saving_bytes, saving_frac (of the baseline), speed_ratio with its interval
+    (speed_lo, speed_hi: `gates.speed_ratio`, None where a spread is unknown), quality_cost and
+    its quality_basis / basis_reason (quality on random-init weights says little)."""
+    from memgauge.results.gates import speed_ratio
+
     j, _, (cols, ok) = _with_baseline(metric)
     q = (
         sa.select(*cols)
@@ -352,7 +376,17 @@ def savings(
         .limit(limit)
     )
     with store.connect() as con:
-        return _frame(con, q)
+        df = _frame(con, q)
+    extra = result_json_fields(store, [*df["id"].tolist(), *df["baseline_id"].tolist()])
+    lo, hi, basis, reason = [], [], [], []
+    for rid, bid in zip(df["id"].tolist(), df["baseline_id"].tolist(), strict=True):
+        e, b = extra.get(int(rid), {}), extra.get(int(bid), {})
+        _, iv = speed_ratio(e.get("timing"), b.get("timing"))
+        lo.append(iv[0] if iv else None)
+        hi.append(iv[1] if iv else None)
+        basis.append(e.get("quality_basis"))
+        reason.append(e.get("basis_reason"))
+    return df.assign(speed_lo=lo, speed_hi=hi, quality_basis=basis, basis_reason=reason)
 
 
 def saving_matrix(store: Store, run_id: str, metric: str = "peak_allocated") -> pd.DataFrame:
@@ -444,6 +478,9 @@ def best_choices(store: Store, run_id: str, metric: str = "peak_allocated") -> p
                     "id": int(r["id"]),
                 }
             )
+    extra = result_json_fields(store, [r["id"] for r in out])
+    for r in out:
+        r["quality_basis"] = extra.get(r["id"], {}).get("quality_basis")
     return pd.DataFrame(
         out,
         columns=[
@@ -453,6 +490,7 @@ def best_choices(store: Store, run_id: str, metric: str = "peak_allocated") -> p
             "tokens_per_s",
             "saving_frac",
             "quality_cost",
+            "quality_basis",
             "id",
         ],
     )

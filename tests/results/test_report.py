@@ -77,6 +77,8 @@ def test_tables_match_the_store(report_store):
     lora = sav[("llama-tiny", "lora")]
     assert lora["saving_frac"] == pytest.approx(1 - 2.75 / 4)
     assert lora["saving_bytes"] == int(1.25 * GiB) and lora["speed_ratio"] == pytest.approx(0.9)
+    # the speed ratio's interval: 1 % p20..p80 jitter on both sides, 3 x the combined spread
+    assert lora["speed_lo"] < 0.9 < lora["speed_hi"] < 1.0
     assert ("llama-tiny", "checkpoint") not in sav  # oom: no number to save
     assert sav[(EVIL_MODEL, EVIL_TECH)]["saving_frac"] == pytest.approx(0.25)
     best = {(b["workload"].split()[0], b["budget"]): b["best"] for b in data.budgets}
@@ -363,3 +365,30 @@ def _breakdown_rows(st, run_id):
     )
     with st.connect() as con:
         return [dict(r) for r in con.execute(q).mappings()]
+
+
+def test_savings_speed_interval_and_random_init_quality_marked(store, tmp_path):
+    """A speed ratio whose interval includes 1.0 reads "no measurable difference" (a measurable
+    one carries its interval); quality on random-init weights is marked, greyed in HTML."""
+    from memgauge.results.report.sections import sections
+
+    base = make_result(_cell())
+    base["timing"]["spread"] = 0.1
+    noisy = make_result(_cell(techniques=("lora",)), peak=3 * GiB, tps=1050)
+    noisy["timing"]["spread"] = 0.1  # +5 % inside 10 % noise on each side
+    fast = make_result(_cell(techniques=("checkpoint",)), peak=3 * GiB, tps=3000)
+    fast["timing"]["spread"] = 0.1
+    for r, basis in ((base, "trained"), (noisy, "random-init"), (fast, "trained")):
+        r["quality"] |= {"basis": basis, "loss_delta": 0.5}
+    write_night(store, 1, [base, noisy, fast], kind="sweep")
+    data = build_report(store)
+    (sav,) = [s for s in sections(data) if s[0] == "savings"]
+    rows = {r[1]: dict(zip(sav[2], r, strict=True)) for r in sav[3]}
+    assert rows["lora"]["speed"].startswith("no measurable difference [")
+    assert re.fullmatch(r"3\.00x \[\d\.\d\d, \d\.\d\d\]", rows["checkpoint"]["speed"])
+    assert rows["lora"]["quality cost"] == "(+0.5) random-init: quality says little"
+    assert rows["checkpoint"]["quality cost"] == "+0.5"
+    (path,) = write_report(store, tmp_path / "r.html", "html")
+    assert '<td class="dim">(+0.5) random-init: quality says little</td>' in path.read_text()
+    (md,) = write_report(store, tmp_path / "r.md", "md")[:1]
+    assert "random-init: quality says little" in md.read_text()

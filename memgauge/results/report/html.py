@@ -17,14 +17,17 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from memgauge.results import labels as L
 from memgauge.results.report.sections import _meta_lines, _title, sections
 from memgauge.results.report.tables import ReportData
 
+DIM = ' class="dim"'
+"""a cell whose number says little (quality on random-init weights: `labels.Dimmed`)"""
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1400px}
 table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:13px}
 th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}td.regression,td.worse{background:#fdd}td.suspicious{background:#ffe9b3}
-td.improved,td.better{background:#dfd}td.unstable,td.noisy{background:#eee}.meta{color:#555;font-size:13px}"""
+td.improved,td.better{background:#dfd}td.unstable,td.noisy{background:#eee}td.dim{color:#999}.meta{color:#555;font-size:13px}"""
 
 
 def _esc(s: Any) -> str:
@@ -136,7 +139,10 @@ def render_html(data: ReportData) -> str:
         )
         for row in rows:
             cls = f' class="{_esc(row[0])}"' if key == "regressions" else ""
-            cells = "".join(f"<td{cls if i == 0 else ''}>{_esc(c)}</td>" for i, c in enumerate(row))
+            cells = "".join(
+                f"<td{cls if i == 0 else DIM if isinstance(c, L.Dimmed) else ''}>{_esc(c)}</td>"
+                for i, c in enumerate(row)
+            )
             parts.append(f"<tr>{cells}</tr>")
         parts.append("</tbody></table>")
     if figs:

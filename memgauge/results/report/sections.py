@@ -38,6 +38,15 @@ def _ratio(c: dict[str, Any]) -> str:
     return fmt_ratio(c["ratio"], iv)
 
 
+def _speed(s: dict[str, Any]) -> str:
+    """A savings row's speed ratio with its interval (`gates.fmt_ratio`: "no measurable
+    difference" when the interval includes 1.0)."""
+    from memgauge.results.gates import fmt_ratio
+
+    iv = (s["speed_lo"], s["speed_hi"]) if s.get("speed_lo") is not None else None
+    return fmt_ratio(s.get("speed_ratio"), iv)
+
+
 Section = tuple[str, str, list[str], list[list[str]]]
 
 
@@ -128,8 +137,8 @@ def sections(data: ReportData) -> list[Section]:
                     fmt_bytes(s["baseline_value"]),
                     _pct(s["saving_frac"]),
                     _num(s["tokens_per_s"]),
-                    _num(s["speed_ratio"], "{:.2f}x"),
-                    _num(s["quality_cost"], "{:+.3g}"),
+                    _speed(s),
+                    L.quality_text(_num(s["quality_cost"], "{:+.3g}"), s.get("quality_basis")),
                 ]
                 for s in data.savings
             ],
@@ -148,7 +157,7 @@ def sections(data: ReportData) -> list[Section]:
                     fmt_bytes(b["peak_allocated"]),
                     _pct(b["saving_frac"]),
                     _num(b["tokens_per_s"]),
-                    _num(b["quality_cost"], "{:+.3g}"),
+                    L.quality_text(_num(b["quality_cost"], "{:+.3g}"), b.get("quality_basis")),
                 ]
                 for b in data.budgets
             ],

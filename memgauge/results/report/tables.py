@@ -196,6 +196,7 @@ def budget_table(
                     "tokens_per_s": pick["tokens_per_s"] if pick else None,
                     "saving_frac": pick["saving_frac"] if pick else None,
                     "quality_cost": pick["quality_cost"] if pick else None,
+                    "quality_basis": pick.get("quality_basis") if pick else None,
                 }
             )
     return out
