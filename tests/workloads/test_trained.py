@@ -131,3 +131,20 @@ def test_sliding_window_acts_on_quality(trained_tiny):
     assert narrow["status"] == wide["status"] == "ok", (narrow["error"], wide["error"])
     assert narrow["quality"]["kl_to_baseline"] > 1e-4  # 48 tokens read through a 16 window
     assert wide["quality"]["kl_to_baseline"] < 1e-6
+
+
+@pytest.mark.parametrize("suite", ["quick", "standard", "nightly"])
+def test_suites_measure_quality_on_trained_weights(suite):
+    """Every cell of the demo (quick), standard and nightly suites asks for trained weights, and
+    every architecture they load can be trained by `pretrain`'s recipe (byte vocabulary, the
+    recipe's sequence within the model's positions), so a first sweep trains them all."""
+    from memgauge.suite import expand_suite, load_suite
+    from memgauge.workloads.data import BYTE_VOCAB
+    from memgauge.workloads.pretrained import PretrainConfig
+
+    cells = expand_suite(load_suite(suite)[1])
+    assert cells and all(c.weights == "trained" for c in cells)
+    specs = {s.name + str(s.tie): s for c in cells for s in cell_specs(c)}
+    assert specs
+    for s in specs.values():
+        assert s.vocab >= BYTE_VOCAB and s.max_pos >= PretrainConfig(model=s.name).seq_len
