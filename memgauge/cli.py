@@ -108,7 +108,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         ensure_trained_weights([cell])
     store = None if args.no_store else _store(args)  # a store that cannot be written: said now
-    result = _run_interruptibly(run_isolated, cell.to_dict())
+    from memgauge.sweep import Progress
+
+    bar = Progress(1)  # the cell's current pass, on a terminal only
+
+    result = _run_interruptibly(
+        lambda c: run_isolated(c, on_pass=lambda name: bar.passing(cell.label(), name)),
+        cell.to_dict(),
+    )
+    bar.clear_status()
     if isinstance(result, int):  # ended by a signal, not by its own fault: nothing stored
         sys.stderr.write(
             f"memgauge: run interrupted by {signal.Signals(result).name}; the worker was "
@@ -443,6 +451,9 @@ def _add_cell_args(p: argparse.ArgumentParser, *, run: bool) -> None:
         )
         p.add_argument("--no-breakdown", action="store_true", help="skip the slow breakdown pass")
         p.add_argument("--no-store", action="store_true", help="do not store the result")
+        from memgauge.launch.isolate import add_isolation_arg
+
+        add_isolation_arg(p)
         p.add_argument(
             "--rounds", type=int, default=1, help="timing rounds of --steps steps (spread)"
         )
@@ -498,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--yes", action="store_true", help="allow very large sweeps")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    from memgauge.launch.isolate import add_isolation_arg
+
+    add_isolation_arg(p)
     p.add_argument(
         "--device-memory",
         help="memory each cell must fit in (24GiB, a GPU name); "
@@ -555,6 +569,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
     if not args.verbose:
         _quiet_libraries()
+    if getattr(args, "isolation", None):
+        from memgauge.launch.isolate import set_isolation
+
+        set_isolation(args.isolation)
     from memgauge.results.store import StoreError
     from memgauge.suite import SuiteError
 

@@ -66,6 +66,7 @@ class Progress:
         self.total, self.done, self.t0 = total, 0, time.time()
         self.stream = stream or sys.stderr
         self.enabled = enabled
+        self._status = False  # a pass status line is on the terminal
 
     def _eta(self) -> str:
         if not self.done:
@@ -73,9 +74,26 @@ class Progress:
         left = (time.time() - self.t0) / self.done * (self.total - self.done)
         return time.strftime("%M:%S", time.gmtime(left)) if left < 3600 else f"{left / 3600:.1f}h"
 
+    def passing(self, label: str, name: str) -> None:
+        """The running cell's current pass (timing, cpu_peak, breakdown, ...): a status line on
+        a terminal, overwritten by the next; nothing otherwise (logs stay one line a cell)."""
+        if not self.enabled or not _isatty(self.stream):
+            return
+        elapsed = time.strftime("%M:%S", time.gmtime(time.time() - self.t0))
+        self.stream.write(f"\r\x1b[K  {elapsed}  {label}: {name}")
+        self.stream.flush()
+        self._status = True
+
+    def clear_status(self) -> None:
+        if self._status:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self._status = False
+
     def show(self, label: str) -> None:
         if not self.enabled:
             return
+        self.clear_status()  # the status line gives way to the cell line
         width = 24
         filled = int(width * self.done / max(1, self.total))
         bar = "#" * filled + "." * (width - filled)
@@ -88,6 +106,13 @@ class Progress:
     def step(self, label: str) -> None:
         self.done += 1
         self.show(label)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def fill_loss_delta(
@@ -224,7 +249,13 @@ def run_sweep(
     from memgauge.results.store import DuplicateResult
 
     real = runner is None
-    runner = runner or run_isolated
+    now: dict[str, Any] = {}  # the progress bar and the running cell's label, for on_pass
+
+    def on_pass(name: str) -> None:
+        if now.get("bar"):
+            now["bar"].passing(now["label"], name)
+
+    runner = runner or (lambda c: run_isolated(c, on_pass=on_pass))
     env = collect_env()
     shared = bool(run_id) and not resume
     if resume:
@@ -268,6 +299,7 @@ def run_sweep(
                 + (f"; noise {noise * 100:.1f}%\n" if noise is not None else "\n")
             )
     bar = Progress(len(todo), enabled=progress)
+    now["bar"] = bar
 
     signals_seen: list[int] = []
 
@@ -290,6 +322,7 @@ def run_sweep(
             if signals_seen:
                 break
             bar.show(f"running {cell.label()}")
+            now["label"] = cell.label()
             blocker = _oom_blocks(cell, ooms)
             if blocker is not None:
                 result = empty_result(cell)

@@ -45,6 +45,9 @@ def register(sub: Any) -> None:
     p.add_argument("--shard", metavar="i/n", help="run a deterministic 1/n of the cells")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--yes", action="store_true", help="allow very large suites (as sweep)")
+    from memgauge.launch.isolate import add_isolation_arg
+
+    add_isolation_arg(p)
     p.set_defaults(fn=cmd_nightly)
 
 

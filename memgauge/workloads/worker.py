@@ -225,8 +225,11 @@ def _run(cell_dict: dict[str, Any], result: dict[str, Any]) -> None:
     torch.manual_seed(cell.seed)
     passes: dict[str, float] = {}  # wall seconds of each pass, in order (timing.passes)
 
+    progress = _progress_writer()
+
     @contextlib.contextmanager
     def timed(name: str):
+        progress(name)
         t0 = time.perf_counter()
         try:
             yield
@@ -255,6 +258,21 @@ def _run(cell_dict: dict[str, Any], result: dict[str, Any]) -> None:
     with timed("prediction"):
         _prediction_pass(run, techniques)
     result["status"] = "ok"
+
+
+def _progress_writer() -> Callable[[str], None]:
+    """Name each pass as it starts in the parent's progress file (memgauge.launch.PROGRESS_ENV), if it gave one."""
+    from memgauge.launch import PROGRESS_ENV
+
+    path = os.environ.get(PROGRESS_ENV)
+
+    def write(name: str) -> None:
+        if not path:
+            return
+        with contextlib.suppress(OSError), open(path, "a") as f:
+            f.write(name + "\n")
+
+    return write
 
 
 def _setup(cell: Cell, techniques: list[Any], result: dict[str, Any]) -> _Run:
@@ -513,15 +531,24 @@ def _die_with_parent() -> None:
 
 
 def main() -> int:
-    _die_with_parent()
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s worker %(levelname)s %(message)s"
-    )
+    """A spawned worker: the cell on stdin (or, under torchrun, in a file)."""
     from memgauge.workloads import distributed
 
     # torchrun-launched ranks cannot share one stdin: the cell comes in a file
     cell_file = os.environ.get(distributed.CELL_FILE_ENV)
     cell = json.loads(open(cell_file).read() if cell_file else sys.stdin.read())
+    return serve(cell)
+
+
+def serve(cell: dict[str, Any]) -> int:
+    """Measure `cell` in this process (a spawned worker, or a child forked from the zygote,
+    memgauge.launch.zygote) and print its result as one JSON line; the exit code."""
+    from memgauge.workloads import distributed
+
+    _die_with_parent()
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s worker %(levelname)s %(message)s"
+    )
     _set_mem_limit(cell.get("mem_limit"), cell.get("device", "cpu"))
     threads = os.environ.get("MEMGAUGE_THREADS")
     t0 = time.time()

@@ -1,6 +1,7 @@
 """Test-only techniques, loaded into workers through MEMGAUGE_PLUGINS=tests.plugins.faults:
-`fault` makes a cell crash, hang (with a hanging child), run out of memory or raise; `plant`
-allocates a known number of bytes inside the measured step (RELIABILITY F1-F3, F14)."""
+`fault` makes a cell crash, hang (with a hanging child), run out of memory, raise or corrupt
+torch (a monkey-patch that leaks 1 MiB per embedding call); `plant` allocates a known number of
+bytes inside the measured step (RELIABILITY F1-F3, F14)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from typing import Any, ClassVar
 
 from memgauge.techniques.base import Technique, register
 
-KINDS = ("abort", "segv", "hang", "oom", "raise", "exit")
+KINDS = ("abort", "segv", "hang", "oom", "raise", "exit", "corrupt")
+
+LEAK: list = []  # what `corrupt` keeps alive in the process
 
 
 @register
@@ -53,6 +56,18 @@ class Fault(Technique):
                 hog.append(torch.ones(256 * 1024 * 1024 // 4))
         if self.kind == "raise":
             raise RuntimeError("planted failure")
+        if self.kind == "corrupt":  # global state: torch monkey-patched for the rest of the process
+            import torch
+            import torch.nn.functional as F
+
+            original = F.embedding
+
+            def leaky(*a: Any, **k: Any) -> Any:
+                LEAK.append(torch.ones(1 << 18))  # 1 MiB kept per call
+                return original(*a, **k)
+
+            F.embedding = leaky
+            torch.nn.functional.embedding = leaky
 
 
 @register

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from memgauge.cell import Cell
 from memgauge.launch.isolate import run_isolated
 from memgauge.results.store import Store
 from memgauge.sweep import run_sweep
+from tests.results.test_reliability import _marked
 
 TINY = "llama-tiny"
 ROOT = Path(__file__).resolve().parents[2]
@@ -142,7 +144,8 @@ batch = 1
 seq_len = [8, 16, 24, 32, 40, 48]
 """)
     db = tmp_path / "r.sqlite"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    marker = f"memgauge-f4-{uuid.uuid4().hex}"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MEMGAUGE_TEST_MARKER=marker)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -175,6 +178,9 @@ seq_len = [8, 16, 24, 32, 40, 48]
     assert done >= 2, "the sweep never wrote two cells"
     proc.kill()
     proc.wait()
+    time.sleep(1.0)
+    # the zygote and its running child die with the orchestrator (PR_SET_PDEATHSIG)
+    assert _marked(marker) == [], "a worker or the zygote outlived the orchestrator"
     con = sqlite3.connect(db)
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     stored_before = con.execute("SELECT cell_key, result_json FROM results").fetchall()
