@@ -520,7 +520,8 @@ def format_summary(results: list[dict[str, Any]], *, color: bool = False) -> str
 
     for r in rows:
         tps = f"{r['tokens_per_s']:.0f}" if r["tokens_per_s"] else "—"
-        speed = fmt_ratio_short(r["speed"], r["speed_interval"])
+        is_base = r["techniques"] == "baseline"
+        speed = "—" if is_base else fmt_ratio_short(r["speed"], r["speed_interval"])
         dloss = f"{r['loss_delta']:+.3f}" if r["loss_delta"] is not None else "—"
         kl = f"{r['kl']:.2e}" if r["kl"] is not None else "—"
         random_init = r["basis"] == "random-init"
@@ -528,15 +529,17 @@ def format_summary(results: list[dict[str, Any]], *, color: bool = False) -> str
             if r["basis_reason"]:
                 reasons.setdefault(r["basis_reason"], None)
             dloss, kl = (
-                (f"\033[2m{dloss}\033[0m", f"\033[2m{kl}\033[0m")
-                if color
-                else (f"({dloss})", f"({kl})")
+                (v if v == "—" else f"\033[2m{v}\033[0m" if color else f"({v})")
+                for v in (dloss, kl)
             )
-        pad = 8 if color and random_init else 0  # the escape codes take no columns
+
+        def pad(v: str) -> int:
+            return 8 if v.startswith("\033") else 0  # the escape codes take no columns
+
         lines.append(
             f"{r['mode']:<8} {r['techniques'][:28]:<28} {r['status']:<12} "
             f"{fmt_bytes(r['peak']):>11} {pct(r['saving']):>8} {tps:>10} {speed:>24} "
-            f"{dloss:>{10 + pad}} {kl:>{10 + pad}}"
+            f"{dloss:>{10 + pad(dloss)}} {kl:>{10 + pad(kl)}}"
         )
     lines.append(
         "peak = tensor peak (CPU: torch.profiler memory events; CUDA: max_memory_allocated); "
@@ -550,8 +553,7 @@ def format_summary(results: list[dict[str, Any]], *, color: bool = False) -> str
     if reasons:
         lines.append(
             ("dimmed" if color else "(parenthesised)")
-            + f" quality: {L.RANDOM_INIT} (measured on random-init weights: "
+            + f" quality = {L.RANDOM_INIT}; "
             + "; ".join(reasons)
-            + ")"
         )
     return "\n".join(lines)
