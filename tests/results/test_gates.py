@@ -55,6 +55,13 @@ def test_speed_interval_and_noisy():
     assert lo < 1.0 < hi and chk.ratio == pytest.approx(0.9)
     assert fmt_ratio(chk.ratio, chk.interval).startswith("no measurable difference")
     assert fmt_ratio_short(chk.ratio, chk.interval) == "no measurable difference"
+    assert "ratio no measurable difference [" in chk.reason  # nightly and --vs say it too
+    from memgauge.results.gates import fmt_change
+
+    assert fmt_change(chk.metric, chk.rel, chk.ratio, chk.interval).startswith(
+        "tokens_per_s -10.0% (no measurable difference ["
+    )
+    assert fmt_change("peak_allocated", 0.1, 1.1, None) == "peak_allocated +10.0%"
     # a 10x slowdown is measurable even in a noisy cell: its interval excludes 1.0
     big = g.check(100, 1000, 0.2)
     assert big.direction == "worse" and big.interval[1] < 1.0
