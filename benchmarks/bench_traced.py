@@ -8,8 +8,10 @@ child processes on this machine, side by side in one run:
 1. `python -m memgauge estimate --model llama-3-8b --mode train --batch 1 --seq 2048 --json`
    (tracing on; it extrapolates from traces of 1-3 decoder layers): wall seconds and the
    child's peak resident memory (ru_maxrss of the waited-for child). Targets: <= 10 s and
-   <= 4.5x one `python -c "import torch, transformers"` measured in the same run (before and
-   after the estimates: the median of both), and <= 1 GiB resident.
+   <= 4.5x one `python -c "import torch, transformers"` measured in the same run (before the
+   first estimate and after each: the median), and <= 1 GiB resident.  An estimate that cannot
+   trace (it falls back to the analytic one) is held to the same time and memory targets,
+   labelled analytic, and fails its "traced" figure.
 2. The extrapolated trace (memgauge.estimate.traced.trace_extrapolated) against the full trace
    of all 32 layers (trace_cell), in one child: relative difference of the peak and of each
    category (relative to the peak). Target: within 0.5 %.
@@ -84,8 +86,11 @@ def estimate_row(techs: list[str], timeout: float) -> dict[str, Any]:
             CELL["mode"], "--batch", str(CELL["batch"]), "--seq", str(CELL["seq_len"]), "--json"]  # fmt: skip
     for t in techs:
         argv += ["-t", t]
+    load = round(os.getloadavg()[0], 2)
     r = timed_child(argv, timeout)
     row = {"techniques": techs, "status": r["status"], "seconds": r["seconds"], "rss": r["rss"]}
+    row["resident_mib"] = round(r["rss"] / 2**20, 1) if r["rss"] else None
+    row["loadavg_1min_at_start"] = load
     if r["status"] == "ok":
         doc = json.loads(r["stdout"].strip().splitlines()[-1])
         row["traced_peak"] = (doc.get("traced") or {}).get("peak")
@@ -130,15 +135,25 @@ def find_targets(rows: list[dict[str, Any]], acc: list[dict[str, Any]], imp: flo
     for r in rows:
         name = "+".join(r["techniques"]) or "full fine-tune"
         ratio = round(r["seconds"] / imp, 3) if r["seconds"] and imp else None
-        traced = r.get("traced_peak") is not None  # the targets are for estimates *with tracing*
+        r["import_ratio"] = ratio
+        # the targets are for estimates *with tracing*: one that could not trace is labelled
+        # analytic, its time and memory still held to the same targets, and its tracing fails
+        traced = r.get("traced_peak") is not None
+        kind = "traced" if traced else "analytic (not traced)"
         targets += [
-            {"figure": f"estimate {name}: seconds", "value": r["seconds"],
-             "target": f"<= {SECONDS}", "pass": traced and check(r["seconds"], "<=", SECONDS), "traced": traced},
+            {"figure": f"estimate {name}: seconds", "value": r["seconds"], "target": f"<= {SECONDS}",
+             "pass": check(r["seconds"], "<=", SECONDS), "traced": traced, "estimate": kind},
             {"figure": f"estimate {name}: seconds / import torch+transformers", "value": ratio,
-             "target": f"<= {IMPORT_RATIO}", "pass": traced and check(ratio, "<=", IMPORT_RATIO), "traced": traced},
-            {"figure": f"estimate {name}: peak resident bytes", "value": r["rss"],
-             "target": f"<= {RSS}", "pass": traced and check(r["rss"], "<=", RSS), "traced": traced},
+             "target": f"<= {IMPORT_RATIO}", "pass": check(ratio, "<=", IMPORT_RATIO),
+             "traced": traced, "estimate": kind},
+            {"figure": f"estimate {name}: peak resident MiB", "value": r.get("resident_mib"),
+             "target": f"<= {RSS / 2**20:.0f}", "pass": check(r["rss"], "<=", RSS),
+             "traced": traced, "estimate": kind},
         ]  # fmt: skip
+        if not traced:
+            targets.append({"figure": f"estimate {name}: traced", "value": r.get("traced_reason"),
+                            "target": "a traced estimate", "pass": False, "traced": False,
+                            "estimate": kind})  # fmt: skip
     for a in acc:
         name = "+".join(a["techniques"]) or "full fine-tune"
         worst = None
@@ -181,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(estimate_row(techs, args.timeout))
         print(f"estimate {'+'.join(techs) or 'full'}: {rows[-1]['status']} "
               f"{rows[-1]['seconds']} s, {(rows[-1]['rss'] or 0) / 2**20:.0f} MiB", flush=True)  # fmt: skip
-    imports.append(import_seconds())
+        imports.append(import_seconds())  # between the estimates: the load drifts
     ok_imports = [s for s in imports if s]
     imp = statistics.median(ok_imports) if ok_imports else None
     acc = []
@@ -209,8 +224,9 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         },  # fmt: skip
-        "noise": "a shared machine: seconds are wall time under the load average shown; the "
-        "import time is measured before and after the estimates in the same run",
+        "noise": "a shared machine: seconds are wall time under the load average shown (per "
+        "estimate: the 1-minute load when it started); the import time is measured before the "
+        "first estimate and after each, in the same run, and the ratio uses their median",
         "import_torch_transformers_s": imports,
         "estimates": rows,
         "accuracy": acc,

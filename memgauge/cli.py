@@ -559,6 +559,18 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+class _NoStoreError(Exception):
+    """Never raised: what `_store_error` names while the store module is not imported."""
+
+
+def _store_error() -> type[Exception]:
+    """StoreError where the store module is imported (only it raises one), else a class nothing
+    raises: `main` must not import the store (and sqlalchemy) for commands that never open it.
+    An except clause's class is evaluated when an exception is matched, so this is current."""
+    store = sys.modules.get("memgauge.results.store")
+    return store.StoreError if store is not None else _NoStoreError
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -573,7 +585,6 @@ def main(argv: list[str] | None = None) -> int:
         from memgauge.launch.isolate import set_isolation
 
         set_isolation(args.isolation)
-    from memgauge.results.store import StoreError
     from memgauge.suite import SuiteError
 
     try:
@@ -582,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         return _die("the input has problems (nothing was run):\n" + str(exc))
     except (SpecError, ValueError) as exc:
         return _die(str(exc))
-    except StoreError as exc:
+    except _store_error() as exc:
         return _die(str(exc))
     except BrokenPipeError:
         return 0

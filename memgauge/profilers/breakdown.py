@@ -194,11 +194,16 @@ class BreakdownTracker(TorchDispatchMode):
         for cat, ts in known:
             for t in ts:
                 self._register_deep(t, cat)
-        for t in live_tensors():  # whatever else is alive: inputs, caches of other libraries
+        for t in self._other_live_tensors():  # whatever else is alive: inputs, library caches
             self._register_deep(t, "other")
         if self.device_type == "cpu":
             for i, o in enumerate(opaque_weights(model)):
                 self._track_opaque(-(i + 1), o.nbytes, "parameters")
+
+    def _other_live_tensors(self) -> Iterable[torch.Tensor]:
+        """The tensors alive before the step besides the model's and optimizer's (a subclass
+        that tracks other tensors says which: the traced estimate's fake ones)."""
+        return live_tensors()
 
     def _track_opaque(self, key: int, nbytes: int, category: str) -> None:
         """Bytes that are no torch storage (packed weights): alive until the tracker ends."""

@@ -113,6 +113,24 @@ def test_real_mask_decision_patch_is_scoped() -> None:
     assert "torch" in sys.modules
 
 
+def test_heap_freeze_is_scoped() -> None:
+    """Each trace freezes the heap alive before it (memgauge.estimate.traced._young_heap) and
+    thaws it after; a heap the caller froze (a forked worker's) is left frozen."""
+    import gc
+
+    cell = Cell(model="llama-tiny", mode="prefill", batch=1, seq_len=8)
+    assert gc.get_freeze_count() == 0
+    first = trace_cell(cell)
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        again = trace_cell(cell)
+        assert gc.get_freeze_count() > 0  # not thawed (frozen objects freed meanwhile leave it)
+    finally:
+        gc.unfreeze()
+    assert again["breakdown"] == first["breakdown"] and again["peak"] == first["peak"]
+
+
 ODD_LLAMA = "llama:layers=5,hidden=48,heads=6,kv_heads=2,ffn=97,vocab=301,max_pos=128"
 
 
