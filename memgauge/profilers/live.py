@@ -84,14 +84,33 @@ def unique_bytes(tensors: Iterable[torch.Tensor], device_type: str | None = None
     return sum(seen.values())
 
 
+def _fake_shell(t: torch.Tensor) -> bool:
+    """A tensor subclass whose inner tensors are all fake: torch.compile keeps such example
+    values in its graphs' node meta (torchao's optimizer states, once per compiled shape), and
+    they hold no memory."""
+    if type(t) is torch.nn.Parameter or not hasattr(type(t), "__tensor_flatten__"):
+        return False
+    try:
+        inner = [getattr(t, n) for n in t.__tensor_flatten__()[0]]
+    except Exception:  # noqa: BLE001 - a subclass that cannot flatten is read as a tensor
+        return False
+    inner = [x for x in inner if isinstance(x, torch.Tensor)]
+    return bool(inner) and all(isinstance(x, FakeTensor) or _fake_shell(x) for x in inner)
+
+
 def live_tensors() -> list[torch.Tensor]:
     out = []
     with warnings.catch_warnings():  # isinstance() on some lazy module objects warns
         warnings.simplefilter("ignore")
         for obj in gc.get_objects():
             try:
-                # FakeTensors (left behind by torch.compile / tracing) hold no memory
-                if isinstance(obj, torch.Tensor) and not isinstance(obj, FakeTensor):
+                # FakeTensors (left behind by torch.compile / tracing) hold no memory, nor do
+                # subclass wrappers around them
+                if (
+                    isinstance(obj, torch.Tensor)
+                    and not isinstance(obj, FakeTensor)
+                    and not _fake_shell(obj)
+                ):
                     out.append(obj)
             except ReferenceError:
                 continue

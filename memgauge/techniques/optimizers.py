@@ -78,22 +78,49 @@ def param_shapes(spec: Any) -> list[tuple[int, ...]]:
     return list(spec.param_shapes().values())
 
 
-def _set_state_bytes(est: Any, total_bytes: float, what: str) -> None:
-    """Optimizer state of the whole model's shapes, as bytes/param (per-tensor extras included)."""
-    if est.trainable_params != est.total_params:
+def _set_state_bytes(est: Any, total_bytes: float, what: str, shapes: list[Any]) -> None:
+    """Optimizer state of the trainable tensors' `shapes`, as bytes/param (per-tensor extras
+    included)."""
+    n = sum(math.prod(s) for s in shapes)
+    if n != est.trainable_params:
         est.notes.append(
-            f"{what}: state modelled for the full model's shapes; the trainable "
-            "subset (adapters) is approximated per parameter"
+            f"{what}: state modelled for {n:,} parameters' shapes, scaled to the "
+            f"{est.trainable_params:,} trainable"
         )
-    full = sum(math.prod(s) for s in param_shapes(est.spec))
-    est.opt_bytes_per_param = total_bytes / full if full else 0.0
+    est.opt_bytes_per_param = total_bytes / n if n else 0.0
     est.opt_extra_bytes = 0.0
+
+
+def compiled_step_bytes(numel: int, bits: int, block: int) -> int:
+    """Bytes torchao's compiled per-parameter step (`single_param_adam`, inductor C++ on CPU)
+    allocates for one parameter whose moments are quantized, all alive at once; 0 for moments
+    kept in the parameter's dtype (updated in place; a few scalar bytes, freed before).  Read
+    from the generated code (TORCH_LOGS=output_code), the same for fp32 and bf16 parameters:
+    - 8-bit: per moment the new fp32 moment (n) and its block scales (n / block);
+    - 4-bit: per moment the unpacked codes (n uint8, two nibbles concatenated), the block scales,
+      the new fp32 moment and the int64 code indices of the quantizer's search."""
+    blocks = numel // block
+    if bits == 8:
+        return 2 * (4 * numel + 4 * blocks)
+    return 2 * (numel + 4 * blocks + 4 * numel + 8 * numel)
+
+
+def _quantized_moment(state: dict[str, Any]) -> tuple[int, int, int] | None:
+    """(elements, bits, block) of a parameter whose torchao moments are quantized, else None."""
+    m = state.get("exp_avg")
+    codes, block = getattr(m, "codes", None), getattr(m, "block_size", None)
+    if codes is None or block is None:
+        return None
+    numel = m.numel()
+    return numel, (8 if codes.numel() == numel else 4), block
 
 
 class EagerUnderDispatchMode:
     """torchao's optimizers torch.compile their step (fullgraph), which cannot trace while a
     Python TorchDispatchMode (the breakdown tracker) is active; step eagerly then.  The state
-    bytes are the same either way."""
+    bytes are the same either way; the eager step's own temporaries are not counted, and the
+    buffers the compiled step allocates (`compiled_step_bytes`, CPU) are, one parameter at a
+    time as the compiled step makes them."""
 
     def __init__(self, inner: Any):
         self.inner = inner
@@ -120,7 +147,22 @@ class EagerUnderDispatchMode:
             for t in trackers:
                 stack.enter_context(t.unseen())
             with torch.compiler.set_stance("force_eager"):
-                return self.inner.step(closure)
+                out = self.inner.step(closure)
+        if trackers and trackers[0].device_type == "cpu":
+            self._compiled_buffers()
+        return out
+
+    def _compiled_buffers(self) -> None:
+        """Allocate and free, parameter by parameter, what the compiled step allocates: the
+        state is updated in place, so the step's peak is the state plus the largest of these."""
+        import torch
+
+        for group in self.inner.param_groups:
+            for p in group["params"]:
+                q = _quantized_moment(self.inner.state.get(p, {})) if p.grad is not None else None
+                if q is not None:
+                    buf = torch.empty(compiled_step_bytes(*q), dtype=torch.uint8, device=p.device)
+                    del buf
 
     def __getattr__(self, name: str) -> Any:  # state, param_groups, zero_grad, ...
         return getattr(self.inner, name)
@@ -157,7 +199,8 @@ class TorchaoAdamW8bit(Technique):
             wl.notes.append(
                 f"{self.name}: torch.compile'd step (inductor C++ on CPU); the "
                 "breakdown pass runs it eagerly (compile cannot trace under the "
-                "tensor tracker) and does not count the eager step's temporaries"
+                "tensor tracker): the eager step's temporaries are not counted, the "
+                "buffers of the compiled step's generated code are"
             )
 
     def analytic(self, est: Any) -> None:
@@ -166,15 +209,22 @@ class TorchaoAdamW8bit(Technique):
         # both moments in the parameter's dtype: an odd vocabulary's embedding, every tensor of
         # a model whose hidden size is not a multiple of the block
         qmap = 256 if self.bits == 8 else 16  # each quantized moment carries its fp32 code map
-        total = 0.0
-        for s in param_shapes(est.spec):
+        e = est.adapter_bytes if est.frozen_base else est.e  # peft's adapters: fp32
+        total, temp = 0.0, 0
+        shapes = trainable_shapes(est)
+        for s in shapes:
             n = math.prod(s)
             if n >= 4096 and n % self.block == 0:
                 total += 2 * (n * self.bits / 8 + n // self.block * 4 + qmap * 4)
+                temp = max(temp, compiled_step_bytes(n, self.bits, self.block))
             else:
-                total += 2 * n * est.e
+                total += 2 * n * e
             total += 4  # the fp32 `step` tensor of each parameter
-        _set_state_bytes(est, total, self.name)
+        _set_state_bytes(est, total, self.name, shapes)
+        if not est.device.startswith("cuda"):
+            # the compiled step updates in place but for its generated code's buffers, one
+            # parameter at a time (inductor C++; its CUDA kernels are not modelled)
+            est.opt_step_temp_bytes = temp
 
 
 @register
@@ -219,11 +269,12 @@ class Adafactor(Technique):
 
     def analytic(self, est: Any) -> None:
         total = 0.0
-        for s in param_shapes(est.spec):
+        shapes = trainable_shapes(est)
+        for s in shapes:
             # matrices: row (n) + column (m) variance; vectors: a full variance; + a step scalar
             total += (s[0] + s[1]) * 4 if len(s) == 2 else s[0] * 4
             total += 4
-        _set_state_bytes(est, total, self.name)
+        _set_state_bytes(est, total, self.name, shapes)
         # the step's one parameter-sized temporary: the factored variance estimate
         # row_var @ col_var, which the update then overwrites in place (torch.optim.Adafactor)
         est.opt_step_temp_factor = 1.0

@@ -117,3 +117,43 @@ def test_bnb_small_tensors_from_param_shapes(techs: list[str]):
     )
     assert fp32_state > 0
     assert _small_tensor_params(estimate(c)) == fp32_state
+
+
+@pytest.mark.parametrize("cls_name,bits", [("AdamW8bit", 8), ("AdamW4bit", 4)])
+def test_torchao_compiled_step_buffers(cls_name: str, bits: int):
+    """What torchao's compiled step allocates (inductor C++) is `compiled_step_bytes` of its
+    largest quantized tensor, byte for byte; the eager stand-in under the storage tracker counts
+    the same bytes; torch.compile's example values (subclass shells around fake tensors, kept
+    once per compiled shape) are no live memory."""
+    optim = pytest.importorskip("torchao.optim")
+    from memgauge.profilers.breakdown import BreakdownTracker
+    from memgauge.profilers.cpu_peak import CpuTensorPeak
+    from memgauge.profilers.live import live_bytes
+    from memgauge.techniques.optimizers import EagerUnderDispatchMode, compiled_step_bytes
+
+    # quantized: 48x128 (6144, divides both blocks); fp32 state: 33x130 (size not divisible)
+    before = live_bytes("cpu")  # what other tests left alive in this process
+    ps = [torch.nn.Parameter(torch.randn(48, 128)), torch.nn.Parameter(torch.randn(33, 130))]
+    opt = EagerUnderDispatchMode(getattr(optim, cls_name)(ps, lr=1e-3))
+
+    def grads() -> None:
+        for p in ps:
+            p.grad = torch.randn_like(p)
+
+    grads()
+    opt.step()  # compiles, creates the state
+    grads()
+    real = sum(p.numel() * 4 * 2 for p in ps) + unique_bytes(optimizer_state_tensors(opt))
+    assert live_bytes("cpu") - before - real < 64  # + the lr and step scalars; no compile-time shells
+    peak = CpuTensorPeak()
+    peak.start()
+    opt.step()
+    got = peak.stop()
+    expected = compiled_step_bytes(48 * 128, bits, 256 if bits == 8 else 128)
+    assert got["peak_allocated"] - got["baseline_allocated"] == expected
+    grads()
+    with BreakdownTracker("cpu") as tr:
+        tr.register_existing(torch.nn.Module(), opt)
+        base = tr.total
+        opt.step()
+    assert tr.peak - base == expected

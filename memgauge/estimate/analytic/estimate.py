@@ -37,6 +37,8 @@ class Estimate:
     opt_bytes_per_param: float = 8.0
     opt_extra_bytes: float = 0.0  # per-tensor state (steps) and what bytes/param leave out
     opt_step_temp_factor: float = 2.0  # temporaries of the step, x the largest parameter
+    opt_step_temp_bytes: float | None = None
+    """the step's temporaries in bytes, where a technique knows them (overrides the factor)"""
     frozen_base: bool = False  # LoRA: base weights frozen
     adapter_targets: tuple[str, ...] = ()  # LoRA: adapted module names
     adapter_rank: int = 0

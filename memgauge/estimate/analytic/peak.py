@@ -89,12 +89,10 @@ def train_candidates(est: Estimate) -> list[tuple[str, dict[str, float]]]:
         (V * h * g if est.tied and not est.frozen_base else 0.0),
         all_g,
     )
-    cand(
-        "optimizer step",
-        0.0,
-        est.opt_step_temp_factor * est.largest_trainable_params * g,
-        all_g,
-    )
+    step_temps = est.opt_step_temp_bytes
+    if step_temps is None:
+        step_temps = est.opt_step_temp_factor * est.largest_trainable_params * g
+    cand("optimizer step", 0.0, step_temps, all_g)
     return out
 
 
