@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from memgauge.results.gates import gate_help
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -32,9 +34,7 @@ def register(sub: Any) -> None:
         action="append",
         metavar="METRIC:THRESHOLD",
         default=[],
-        help="replace a default gate, e.g. peak_allocated:3%% or tokens_per_s:5%%,3x "
-        "(defaults: peak_allocated:2%%,64MiB peak_reserved:2%%,64MiB "
-        "tokens_per_s:5%%,3x)",
+        help=gate_help("replace a default gate,"),
     )
     p.add_argument(
         "--fail-on",

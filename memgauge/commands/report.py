@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from memgauge.results.gates import gate_help
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -39,9 +41,7 @@ def register(sub: Any) -> None:
         action="append",
         metavar="METRIC:THRESHOLD",
         default=[],
-        help="with --vs: replace a default gate, as in nightly, e.g. peak_allocated:3%% or "
-        "tokens_per_s:5%%,3x (defaults: peak_allocated:2%%,4blocks peak_reserved:2%%,4blocks "
-        "tokens_per_s:5%%,3x)",
+        help=gate_help("with --vs: replace a default gate, as in nightly,"),
     )
     p.set_defaults(fn=cmd_report)
 

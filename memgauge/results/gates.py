@@ -46,6 +46,17 @@ BLOCK_BYTES = {"cpu": 4096, "cuda": 2 * 1024 * 1024}
 """One allocator block per device type: CPU tensors are malloc'd exactly and the profiler's
 tensor peak is exact, so the floor is a page (4 KiB); CUDA's caching allocator rounds to 2 MiB
 segments."""
+
+
+def gate_help(lead: str) -> str:
+    """The `--gate` help text of every command that compares (nightly, report --vs), naming the
+    defaults from DEFAULT_GATES (argparse help: `%` doubled)."""
+    text = (
+        f"{lead} e.g. peak_allocated:3% or tokens_per_s:5%,3x (defaults: {' '.join(DEFAULT_GATES)})"
+    )
+    return text.replace("%", "%%")
+
+
 DEFAULT_K = 3.0
 """spread multiple of a ratio interval when no gate names one"""
 MAD_TO_SD = 1.4826
