@@ -47,6 +47,30 @@ CATEGORIES = (
 )
 """Breakdown categories: measured at the peak, predicted by the estimator, stored as rows."""
 
+DEVICE_ROWS = {
+    "reserved_not_allocated": "fragmentation / cache (peak reserved − peak allocated)",
+    "outside_allocator": "CUDA context and workspaces (device used − peak reserved)",
+}
+"""`memory.device_rows` on CUDA: bytes the device holds beside the categories, named rows of
+their own (never folded into a category)."""
+
+
+def device_rows(memory: dict[str, Any]) -> dict[str, int | None] | None:
+    """`DEVICE_ROWS` from a result's CUDA figures (None off CUDA: no peak_reserved).  A row is
+    None when a figure is missing or the difference is negative (NVML sampled between peaks)."""
+    alloc, reserved = memory.get("peak_allocated"), memory.get("peak_reserved")
+    if reserved is None:
+        return None
+    used = memory.get("device_used_peak")
+
+    def diff(a: int | None, b: int | None) -> int | None:
+        return a - b if a is not None and b is not None and a >= b else None
+
+    return {
+        "reserved_not_allocated": diff(reserved, alloc),
+        "outside_allocator": diff(used, reserved),
+    }
+
 
 def empty_result(cell: Cell) -> dict[str, Any]:
     """The result of `cell` with every measurement null and status `error` (until a pass sets
@@ -79,6 +103,7 @@ def empty_result(cell: Cell) -> dict[str, Any]:
             "num_ooms": None,
             "breakdown": None,
             "steady": None,
+            "device_rows": None,
         },
         "timing": {
             "step_ms_p20": None,

@@ -30,6 +30,7 @@ PER_RANK_FIELDS = (
     "breakdown_peak",
     "breakdown",
     "steady",
+    "device_rows",
 )
 
 
@@ -84,6 +85,8 @@ def merge(result: dict[str, Any], ranks: list[dict[str, Any]]) -> dict[str, Any]
     if peaks:  # the breakdown shown is the one of the rank that set the peak
         worst = max(peaks, key=lambda r: r["peak_allocated"])
         mem["breakdown"], mem["steady"] = worst.get("breakdown"), worst.get("steady")
+        # differences of one rank's own figures (maxima of different ranks do not subtract)
+        mem["device_rows"] = worst.get("device_rows")
         mem["peak_rank"] = worst["rank"]
     bad = [r for r in ranks if r.get("status") not in ("ok", None)]
     if bad and result.get("status") == "ok":

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from memgauge.cell import Cell
-from memgauge.result import empty_result
+from memgauge.result import device_rows, empty_result
 from memgauge.workloads.build import (
     CellError,
     ResidentInputs,
@@ -392,6 +392,8 @@ def _timing_pass(run: _Run) -> None:
         mem["process_used_peak"] = nv["process_used_peak"]
         if nvml.error:
             result["notes"].append(f"NVML unavailable: {nvml.error}")
+    if cuda_alloc:
+        mem["device_rows"] = device_rows(mem)
 
     tokens_per_step = cell.batch * cell.seq_len
     if cell.mode == "decode":

@@ -144,7 +144,9 @@ def test_torchao_compiled_step_buffers(cls_name: str, bits: int):
     opt.step()  # compiles, creates the state
     grads()
     real = sum(p.numel() * 4 * 2 for p in ps) + unique_bytes(optimizer_state_tensors(opt))
-    assert live_bytes("cpu") - before - real < 64  # + the lr and step scalars; no compile-time shells
+    assert (
+        live_bytes("cpu") - before - real < 64
+    )  # + the lr and step scalars; no compile-time shells
     peak = CpuTensorPeak()
     peak.start()
     opt.step()
