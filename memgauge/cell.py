@@ -90,6 +90,10 @@ class Cell:
     something; see `quality.basis`"""
     trace: bool = True
     """store the traced estimate beside the measurement (capacity probes skip it)"""
+    memory_trace: str | None = None
+    """write one step's memory history to this file (`run --trace-out`): on CPU torch.profiler's
+    Chrome trace with memory events (Perfetto, chrome://tracing), on CUDA the allocator's
+    snapshot (`torch.cuda.memory._dump_snapshot`, pytorch.org/memory_viz); not in the key"""
 
     def key_fields(self) -> dict[str, Any]:
         return {

@@ -53,6 +53,7 @@ def _cell_from_args(args: argparse.Namespace) -> Any:
         breakdown=not getattr(args, "no_breakdown", False),
         rounds=getattr(args, "rounds", 1),
         weights=getattr(args, "weights", "random"),
+        memory_trace=_trace_out(getattr(args, "trace_out", None)),
     )
     problems: list[str] = []
     ok = validate_cell(cell, problems, "cell")
@@ -86,6 +87,15 @@ def _precision_args(args: argparse.Namespace) -> tuple[str, list[str]]:
             [f"--precision {name} conflicts with the techniques given (they make it {got})"]
         )
     return dtype, techniques
+
+
+def _trace_out(path: str | None) -> str | None:
+    """`run --trace-out FILE`: an absolute path in a folder that exists (the worker writes it)."""
+    if path is None:
+        return None
+    from memgauge.commands.report import check_output_file
+
+    return str(check_output_file(path).resolve())
 
 
 def _bytes_or_none(v: str | None) -> int | None:
@@ -454,6 +464,13 @@ def _add_cell_args(p: argparse.ArgumentParser, *, run: bool) -> None:
         from memgauge.launch.isolate import add_isolation_arg
 
         add_isolation_arg(p)
+        p.add_argument(
+            "--trace-out",
+            metavar="FILE",
+            help="also write one step's memory history to FILE: on CPU a Chrome trace with "
+            "memory events (open in ui.perfetto.dev), on CUDA an allocator snapshot pickle "
+            "(open in pytorch.org/memory_viz)",
+        )
         p.add_argument(
             "--rounds", type=int, default=1, help="timing rounds of --steps steps (spread)"
         )

@@ -76,12 +76,20 @@ def test_run_json_follows_the_contract(mode, tmp_path):
         "--decode-tokens",
         "3",
         "--json",
+        "--trace-out",
+        str(tmp_path / "step.json"),
         store=tmp_path / "s.sqlite",
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 1, "exactly one JSON object on stdout"
     r = json.loads(lines[0])
+    # --trace-out: the step's Chrome trace (Perfetto) with the profiler's memory events
+    trace = json.loads((tmp_path / "step.json").read_text())
+    mem_events = [e for e in trace["traceEvents"] if e.get("name") == "[memory]"]
+    assert mem_events and all("Bytes" in e["args"] for e in mem_events)
+    assert max(e["args"]["Total Allocated"] for e in mem_events) > 0
+    assert r["memory"]["memory_trace"]["format"] == "chrome-trace"
     assert CONTRACT <= set(r)
     # the whole stored result: caveats, timings and the worker's exit are not dropped
     assert {"notes", "wall_s", "exit_code", "stderr_tail"} <= set(r)

@@ -1,5 +1,6 @@
-"""`memgauge report --store URL [--run ID] [--vs ID] --format html|md|csv|parquet|json -o PATH`:
-one file to hand a colleague (markdown: the .md plus its PNG charts beside it)."""
+"""`memgauge report --store URL [--run ID] [--vs ID] --format html|md|csv|parquet|json|png|pdf
+-o PATH`: one file to hand a colleague (markdown: the .md plus its PNG charts beside it; png /
+pdf: each chart as PATH-<chart>[-N].png|pdf beside PATH)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from memgauge.results.gates import gate_help
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "report",
-        help="export a run as an HTML/Markdown/CSV/Parquet/JSON report",
+        help="export a run as an HTML/Markdown/CSV/Parquet/JSON report or PNG/PDF charts",
         description=__doc__,
     )
     # the contract's form `memgauge report --store URL`; SUPPRESS keeps `memgauge --store URL report`
@@ -26,7 +27,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--run", metavar="ID", help="the run to report (default: the newest)")
     p.add_argument("--vs", metavar="ID", help="compare with this run (adds a regressions table)")
-    p.add_argument("--format", required=True, choices=("html", "md", "csv", "parquet", "json"))
+    p.add_argument(
+        "--format", required=True, choices=("html", "md", "csv", "parquet", "json", "png", "pdf")
+    )
     p.add_argument("-o", "--output", required=True, metavar="PATH", help="the file to write")
     p.add_argument(
         "--budget",

@@ -16,6 +16,15 @@ torchao's scales and zero points), CSR buffers' indices and values, and the int8
 packs outside torch storages (`memgauge.profilers.live.opaque_weights`: one record each, alive
 for the whole step, as they are).
 
+Which module allocated what (`modules=`, the worker's breakdown pass): global forward pre/post
+hooks keep the dotted path of the module running (its backward through gradient hooks on the
+module's outputs and inputs, as torch.utils.module_tracker does), and the phase (forward /
+backward / optimizer) comes from the step's own marks (`Workload.phase_observer`) and the
+autograd engine; each storage made during the step records both.  `peak_modules()` aggregates
+the activations and temporaries alive at the peak by (module, phase): the top ones, the rest of
+the modules folded into one row and what no module allocated (loss, optimizer) in its own, so
+the rows sum to activations + temporaries at the peak exactly.
+
 Unlike torch's MemTracker it does not rely on module hooks over trainable parameters, so it works
 when parameters are frozen (LoRA, QLoRA).  It also runs under FakeTensorMode, which is how the
 traced estimator reuses it.  Slow (Python per op): never in the timing pass.
@@ -48,20 +57,128 @@ from memgauge.profilers.live import (
 from memgauge.result import CATEGORIES
 
 
-@dataclass
+@dataclass(slots=True)
 class _Rec:
     nbytes: int
     category: str
     alloc_seq: int
     free_seq: int | None = None
+    module: str = ""  # dotted path of the module running at the allocation ('' = none)
+    phase: str = ""  # forward | backward | optimizer ('' = before the step)
+
+
+PEAK_MODULES_TOP = 10
+"""how many (module, phase) rows `peak_modules` keeps before folding the rest into one"""
+OTHER_MODULES = "(other modules)"
+NO_MODULE = "(outside any module)"
+
+
+class ModuleStack:
+    """The dotted path of the module running now, in forward and in backward.
+
+    Forward: global forward pre/post hooks push and pop the module's path (`root`'s
+    named_modules; modules outside it by class name).  Backward: a gradient hook on a module's
+    outputs enters it, one on its inputs leaves it (torch.utils.module_tracker's scheme); an
+    engine callback clears what is left when backward ends (the root's inputs need no grad)."""
+
+    def __init__(self, root: torch.nn.Module):
+        self.paths: dict[int, str] = {}
+        for name, m in root.named_modules(remove_duplicate=False):
+            self.paths.setdefault(id(m), name or type(m).__name__)
+        self.fw: list[str] = []
+        self.bw: list[str] = []
+        self._handles: list[Any] = []
+        self._grad_hooks: list[Any] = []
+        self._callback = False
+
+    def current(self) -> str:
+        if self.fw:  # forward, or a recomputed forward inside backward (checkpointing)
+            return self.fw[-1]
+        return self.bw[-1] if self.bw else ""
+
+    def _name(self, mod: torch.nn.Module) -> str:
+        return self.paths.get(id(mod)) or type(mod).__name__
+
+    def _grad_tensors(self, obj: Any) -> list[torch.Tensor]:
+        flat, _ = tree_flatten(obj)
+        return [t for t in flat if isinstance(t, torch.Tensor) and t.requires_grad]
+
+    def _bw_enter(self, name: str) -> Callable[..., None]:
+        def fn(*_: Any) -> None:
+            if not self._callback:
+                self._callback = True
+
+                def clear() -> None:
+                    self.bw.clear()
+                    self._callback = False
+
+                torch.autograd.Variable._execution_engine.queue_callback(clear)
+            self.bw.append(name)
+
+        return fn
+
+    def _bw_leave(self, name: str) -> Callable[..., None]:
+        def fn(*_: Any) -> None:
+            for i in range(len(self.bw) - 1, -1, -1):
+                if self.bw[i] == name:
+                    del self.bw[i]
+                    break
+
+        return fn
+
+    def _pre(self, mod: torch.nn.Module, args: Any) -> None:
+        name = self._name(mod)
+        self.fw.append(name)
+        ts = self._grad_tensors(args)
+        if ts:
+            self._grad_hooks.append(
+                torch.autograd.graph.register_multi_grad_hook(ts, self._bw_leave(name), mode="any")
+            )
+
+    def _post(self, mod: torch.nn.Module, args: Any, out: Any) -> None:
+        name = self._name(mod)
+        if self.fw and self.fw[-1] == name:
+            self.fw.pop()
+        elif name in self.fw:
+            self.fw.remove(name)
+        ts = self._grad_tensors(out)
+        if ts:
+            self._grad_hooks.append(
+                torch.autograd.graph.register_multi_grad_hook(ts, self._bw_enter(name), mode="any")
+            )
+
+    def __enter__(self) -> ModuleStack:
+        from torch.nn.modules.module import (
+            register_module_forward_hook,
+            register_module_forward_pre_hook,
+        )
+
+        self._handles = [
+            register_module_forward_pre_hook(self._pre),
+            register_module_forward_hook(self._post),
+        ]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles + self._grad_hooks:
+            h.remove()
+        self._handles, self._grad_hooks = [], []
+        self.fw.clear()
+        self.bw.clear()
 
 
 class BreakdownTracker(TorchDispatchMode):
     """Use as a context manager around one step; call `classify_*` before and after."""
 
-    def __init__(self, device_type: str = "cpu"):
+    def __init__(self, device_type: str = "cpu", modules: torch.nn.Module | None = None):
         super().__init__()
         self.device_type = device_type
+        # which module / phase each storage made during the step came from (`modules`: the
+        # model whose dotted paths name them; None: not recorded, as in the traced estimate)
+        self.modules = ModuleStack(modules) if modules is not None else None
+        self.phase = ""  # set by the step's marks (set_phase); backward also from autograd
+        self.peak_phase = ""
+        self.phases: list[tuple[float, str]] = []  # (ms since start, phase) at each mark
         self._recs: dict[int, _Rec] = {}
         self._dead: list[_Rec] = []
         self._seq = 0
@@ -96,15 +213,31 @@ class BreakdownTracker(TorchDispatchMode):
         n = st.nbytes()
         self._seq += 1
         rec = _Rec(n, category, self._seq)
+        if self.modules is not None and self.phase:
+            rec.module = self.modules.current()
+            rec.phase = self.current_phase()
         self._recs[key] = rec
         self.total += n
         if self.total > self.peak:
             self.peak, self.peak_seq = self.total, self._seq
+            self.peak_phase = self.phase and self.current_phase()
         self.timeline.append(((time.perf_counter() - self._t0) * 1000, self.total))
         try:
             weakref.finalize(st, self._on_free, key)
         except TypeError:  # storage types without weakref support: never freed as far as we know
             pass
+
+    def set_phase(self, phase: str) -> None:
+        """A mark of the step (forward / backward / optimizer / end): `Workload.phase_observer`."""
+        self.phase = "" if phase == "end" else phase
+        self.phases.append(((time.perf_counter() - self._t0) * 1000, phase))
+
+    def current_phase(self) -> str:
+        """The step's mark, except that anything autograd's engine runs is `backward` (an
+        optimizer fused into backward included)."""
+        if self.phase == "forward" and torch._C._current_graph_task_id() != -1:
+            return "backward"
+        return self.phase
 
     def _on_free(self, key: int) -> None:
         rec = self._recs.pop(key, None)
@@ -263,21 +396,59 @@ class BreakdownTracker(TorchDispatchMode):
 
         self._hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
         self._hooks.__enter__()
+        if self.modules is not None:
+            self.modules.__enter__()
         return super().__enter__()
 
     def __exit__(self, *exc: Any) -> None:
         super().__exit__(*exc)
+        if self.modules is not None:
+            self.modules.__exit__(*exc)
         self._hooks.__exit__(*exc)
 
     # -- results ----------------------------------------------------------------------------------
     def at_peak(self) -> dict[str, int]:
         out = dict.fromkeys(CATEGORIES, 0)
+        for rec in self._alive_at_peak():
+            out[rec.category] += rec.nbytes
+        return out
+
+    def _alive_at_peak(self) -> Iterable[_Rec]:
         for rec in list(self._recs.values()) + self._dead:
             if rec.alloc_seq <= self.peak_seq and (
                 rec.free_seq is None or rec.free_seq > self.peak_seq
             ):
-                out[rec.category] += rec.nbytes
-        return out
+                yield rec
+
+    def peak_modules(self, top: int = PEAK_MODULES_TOP) -> list[dict[str, Any]]:
+        """Activations and temporaries alive at the peak by the (module, phase) that allocated
+        them, largest first: [{'module', 'phase', 'activations', 'temporaries', 'bytes'}].  The
+        `top` largest module rows, then the other modules folded into one (OTHER_MODULES) and
+        the bytes allocated outside any module (NO_MODULE: the loss, the optimizer, the step's
+        own code) per phase; the rows sum to activations + temporaries at the peak."""
+        agg: dict[tuple[str, str], list[int]] = {}
+        for rec in self._alive_at_peak():
+            if rec.category not in ("activations", "temporaries"):
+                continue
+            row = agg.setdefault((rec.module, rec.phase), [0, 0])
+            row[rec.category == "temporaries"] += rec.nbytes
+        named = sorted(
+            ((k, v) for k, v in agg.items() if k[0]), key=lambda kv: -(kv[1][0] + kv[1][1])
+        )
+        rows = [(m, ph, a, t) for (m, ph), (a, t) in named[:top]]
+        rest = named[top:]
+        if rest:
+            a = sum(v[0] for _, v in rest)
+            t = sum(v[1] for _, v in rest)
+            rows.append((f"{OTHER_MODULES} ({len(rest)})", "", a, t))
+        for (m, ph), (a, t) in sorted(agg.items()):
+            if not m:
+                rows.append((NO_MODULE, ph, a, t))
+        return [
+            {"module": m, "phase": ph, "activations": a, "temporaries": t, "bytes": a + t}
+            for m, ph, a, t in rows
+            if a + t
+        ]
 
 
 RECONCILE_TOL = 0.005
@@ -385,6 +556,7 @@ def measure_breakdown(
     *,
     tracker: BreakdownTracker | None = None,
     context: Any = None,
+    modules: bool = False,
 ) -> BreakdownTracker:
     """Run one step of a workload under the storage tracker and label what it left.
 
@@ -393,18 +565,22 @@ def measure_breakdown(
     registered, FSDP's in-place resized buffers watched, the KV cache labelled as the step makes
     it and the gradients / optimizer state / cache relabelled after it.  `tracker` may be a
     subclass (the traced estimate's fake-tensor tracker); `context` is entered around the step
-    with the tracker (the fake mode).  Returns the tracker (`at_peak()`, `peak`, `timeline`)."""
+    with the tracker (the fake mode); `modules` records which module and phase made each storage
+    (`peak_modules()`, `phases`).  Returns the tracker (`at_peak()`, `peak`, `timeline`)."""
     wl.quiesce()
-    tracker = tracker if tracker is not None else BreakdownTracker(wl.device.type)
+    if tracker is None:
+        tracker = BreakdownTracker(wl.device.type, wl.model if modules else None)
     tracker.register_existing(wl.model, wl.optimizer)
     if wl.resizable_storages is not None:
         for category, tensors in wl.resizable_storages().items():
             tracker.watch_resizable(tensors, category)
     wl.cache_observer = lambda c: tracker.label(cache_tensors(c), "kv_cache")
+    wl.phase_observer = tracker.set_phase
     try:
         with context if context is not None else contextlib.nullcontext(), tracker:
             run_step()
         tracker.relabel_after(wl.model, wl.optimizer, cache_tensors(wl.last_cache))
     finally:
         wl.cache_observer = None
+        wl.phase_observer = None
     return tracker

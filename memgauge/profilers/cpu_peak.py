@@ -44,6 +44,7 @@ class CpuTensorPeak:
         self._prof: Any = None
         self.baseline = 0
         self.timeline: list[tuple[float, int]] = []  # (ms since the first event, bytes allocated)
+        self.t0_ns = 0  # the first event's time (epoch ns, the profiler's clock): timeline's 0
 
     def start(self) -> None:
         self.baseline = live_bytes("cpu")
@@ -75,12 +76,17 @@ class CpuTensorPeak:
         if self._watching:
             self._freed.append((time.time_ns(), -nbytes))
 
-    def stop(self) -> dict[str, int]:
+    def stop(self, trace_path: str | None = None) -> dict[str, int]:
+        """The peak; with `trace_path`, the profiler's Chrome trace of the step (memory events
+        `[memory]` with each allocation's and free's bytes and the running total) is written
+        there as JSON."""
         self._prof.__exit__(None, None, None)
+        if trace_path:
+            self._prof.export_chrome_trace(trace_path)
         self._watching = False
         running = peak = 0
         events = sorted(_allocation_events(self._prof) + self._freed)
-        t0 = events[0][0] if events else 0
+        t0 = self.t0_ns = events[0][0] if events else time.time_ns()
         self.timeline = [(0.0, self.baseline)]
         for t, size in events:
             running += size

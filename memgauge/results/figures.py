@@ -765,10 +765,24 @@ def history_figure(
 
 
 # -- timeline --------------------------------------------------------------------------------------
+PHASE_COLORS = {
+    "forward": "rgba(31,119,180,0.10)",
+    "backward": "rgba(255,127,14,0.12)",
+    "optimizer": "rgba(44,160,44,0.14)",
+    "prefill": "rgba(31,119,180,0.10)",
+    "decode": "rgba(148,103,189,0.12)",
+}
+"""shading of the step's phases on the timeline"""
+
+
 def timeline_figure(
-    points: Sequence[tuple[float, int]], *, title: str = "memory during one step"
+    points: Sequence[tuple[float, int]],
+    *,
+    title: str = "memory during one step",
+    phases: Sequence[tuple[float, str]] = (),
 ) -> go.Figure:
-    """Allocated bytes over one step (t in ms), the peak marked."""
+    """Allocated bytes over one step (t in ms), the peak marked; `phases` (t_ms, name) marks
+    shade each phase (forward / backward / optimizer, prefill / decode) up to the next mark."""
     title = L.html_text(title)
     if not points:
         return _empty(title, "no timeline recorded")
@@ -797,6 +811,20 @@ def timeline_figure(
             marker={"size": 11, "color": "#D62728"},
         )
     )
+    marks = sorted(phases)
+    for k, (start, name) in enumerate(marks):
+        if name == "end":
+            continue
+        end = marks[k + 1][0] if k + 1 < len(marks) else t[-1]
+        fig.add_vrect(
+            x0=max(start, t[0]),
+            x1=max(end, t[0]),
+            fillcolor=PHASE_COLORS.get(name, "rgba(127,127,127,0.10)"),
+            line_width=0,
+            layer="below",
+            annotation_text=L.html_text(name),
+            annotation_position="top left",
+        )
     fig.update_layout(
         title=title,
         xaxis_title="time in the step (ms)",

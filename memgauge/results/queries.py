@@ -10,7 +10,7 @@ Stable public surface (reports rely on it): `Filters`, `METRICS`, `change_marker
 `has_results`, `runs_frame`, `status_counts`, `savings`, `saving_matrix`, `best_choices`,
 `pareto_front`, `filter_options`, `explore`, `workloads`, `breakdown_at_peak`, `alive_at_peak`,
 `scaling`, `run_env`, `device_memory`, `compare_runs`, `compare_envs`, `nightly_cells`, `cell_history`,
-`timeline_results`, `timeline`, `csv_safe`, `technique_label`.
+`timeline_results`, `timeline`, `timeline_phases`, `peak_modules`, `csv_safe`, `technique_label`.
 """
 
 from __future__ import annotations
@@ -904,13 +904,19 @@ def timeline_results(store: Store, run_id: str) -> pd.DataFrame:
         return _frame(con, q)
 
 
-def timeline(store: Store, result_id: int) -> list[tuple[float, int]] | None:
-    """One step's memory over time, [(t_ms, bytes)], or None when the result recorded none."""
+def _result_json(store: Store, result_id: int) -> dict[str, Any]:
     with store.connect() as con:
         raw = con.execute(sa.select(R.c.result_json).where(R.c.id == result_id)).scalar()
-    if not raw:
-        return None
-    tl = (json.loads(raw).get("memory") or {}).get("timeline")
+    return json.loads(raw) if raw else {}
+
+
+def _memory(store: Store, result_id: int) -> dict[str, Any]:
+    return _result_json(store, result_id).get("memory") or {}
+
+
+def timeline(store: Store, result_id: int) -> list[tuple[float, int]] | None:
+    """One step's memory over time, [(t_ms, bytes)], or None when the result recorded none."""
+    tl = _memory(store, result_id).get("timeline")
     if not isinstance(tl, list) or not tl:
         return None
     out = []
@@ -920,12 +926,30 @@ def timeline(store: Store, result_id: int) -> list[tuple[float, int]] | None:
     return out or None
 
 
+def timeline_phases(store: Store, result_id: int) -> list[tuple[float, str]]:
+    """The step's phase marks on its timeline's clock, [(t_ms, phase)] (forward, backward,
+    optimizer, prefill, decode, end); [] when the result recorded none."""
+    marks = _memory(store, result_id).get("timeline_phases") or []
+    return [(float(m[0]), str(m[1])) for m in marks if isinstance(m, (list, tuple)) and len(m) >= 2]
+
+
+PEAK_MODULE_COLUMNS = ("module", "phase", "activations", "temporaries", "bytes")
+
+
+def peak_modules(store: Store, result_id: int) -> tuple[pd.DataFrame, str | None]:
+    """The activations and temporaries alive at a result's peak by the module (dotted path) and
+    phase that allocated them (`memory.peak_modules`: the largest modules, the rest folded, what
+    no module allocated), and the phase the peak fell in (None when not recorded)."""
+    mem = _memory(store, result_id)
+    rows = [r for r in mem.get("peak_modules") or [] if isinstance(r, dict)]
+    df = pd.DataFrame(rows, columns=list(PEAK_MODULE_COLUMNS))
+    return df, mem.get("breakdown_peak_phase")
+
+
 def reconciliation(store: Store, result_id: int) -> dict[str, Any]:
     """Whether a result's breakdown adds up to its peak: {'breakdown_reconciled',
     'breakdown_gap', 'breakdown_gap_reason'} (empty when the result did not check)."""
-    with store.connect() as con:
-        raw = con.execute(sa.select(R.c.result_json).where(R.c.id == result_id)).scalar()
-    mem = (json.loads(raw).get("memory") or {}) if raw else {}
+    mem = _memory(store, result_id)
     return {
         k: mem[k]
         for k in ("breakdown_reconciled", "breakdown_gap", "breakdown_gap_reason")

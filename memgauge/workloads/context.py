@@ -47,6 +47,9 @@ class Workload:
     notes: list[str] = field(default_factory=list)
     cache_observer: Callable[[Any], None] | None = None  # called with the cache after forwards
     last_cache: Any = None  # the KV cache of the last prefill/decode step (for the breakdown)
+    phase_observer: Callable[[str], None] | None = None
+    """called by the step at each phase it enters (forward, backward, optimizer; prefill /
+    decode for generation) and with 'end': the profilers' phase marks"""
     step_wrappers: list[Callable[[Callable[[], Any]], Callable[[], Any]]] = field(
         default_factory=list
     )
@@ -60,6 +63,11 @@ class Workload:
         if self.optimizer is not None and not self.fused_optimizer_step:
             self.optimizer.zero_grad(set_to_none=True)
         self.last_cache = None
+
+    def mark(self, phase: str) -> None:
+        """The step enters `phase` (tells `phase_observer`, if any)."""
+        if self.phase_observer is not None:
+            self.phase_observer(phase)
 
     @property
     def head(self) -> torch.nn.Module:

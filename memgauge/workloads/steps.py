@@ -27,14 +27,18 @@ def train_step(wl: Workload, tokens: torch.Tensor) -> float:
     total = 0.0
     for chunk in chunks:
         ids, labels = chunk[:, :-1], chunk[:, 1:]
+        wl.mark("forward")
         with wl.saved_tensors(), wl.autocast():
             hidden = wl.backbone(input_ids=ids, use_cache=False).last_hidden_state  # (B, T, H)
             loss = wl.loss_fn(hidden, wl.head, labels) / len(chunks)
+        wl.mark("backward")
         loss.backward()
         total += float(loss.detach())
         del hidden, loss
     if not wl.fused_optimizer_step:
+        wl.mark("optimizer")
         wl.optimizer.step()
+    wl.mark("end")
     return total
 
 
@@ -58,11 +62,13 @@ def _observe(wl: Workload, cache: Any) -> None:
 def prefill_step(wl: Workload, tokens: torch.Tensor) -> Any:
     """Forward over the prompt, building the KV cache; logits of the last position only."""
     ids = tokens[:, :-1]
+    wl.mark("forward")
     cache = wl.cache_factory(ids.shape[1]) if wl.cache_factory else None
     with wl.autocast():
         out = wl.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{_cache_kw(wl): cache})
     _observe(wl, _out_cache(out))
     wl.last_cache = _out_cache(out)
+    wl.mark("end")
     return out.logits
 
 
@@ -73,6 +79,7 @@ def decode_step(
     """Prefill the prompt then generate `new_tokens` greedily; per-token times are appended to
     `token_times_ms` (synchronised).  Returns the generated ids (B, new_tokens)."""
     ids = tokens[:, :-1]
+    wl.mark("prefill")
     cache = wl.cache_factory(ids.shape[1] + new_tokens) if wl.cache_factory else None
     if cache is None:
         from transformers import DynamicCache
@@ -85,6 +92,7 @@ def decode_step(
     nxt = out.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
     generated = [nxt]
     del out
+    wl.mark("decode")
     for _ in range(new_tokens - 1):
         t0 = time.perf_counter()
         with wl.autocast():
@@ -97,7 +105,9 @@ def decode_step(
         generated.append(nxt)
         del out
     wl.last_cache = cache
-    return torch.cat(generated, dim=1)
+    out_ids = torch.cat(generated, dim=1)
+    wl.mark("end")
+    return out_ids
 
 
 def make_step(

@@ -13,7 +13,10 @@ timing), sharing one `_Run`:
   peak RSS): `rounds` rounds of `steps` steps, step-time quantiles, tokens/s and the spread of
   the round medians;
 - `_cpu_peak_pass` (CPU): one step under torch.profiler memory events (tensor peak);
-- `_breakdown_pass`: one step under the storage tracker (profilers.breakdown.measure_breakdown);
+- `_cuda_memory_trace_pass` (CUDA, only with `cell.memory_trace`): one step under the allocator's
+  history recorder, dumped as a memory_viz snapshot (on CPU the cpu peak pass writes the trace);
+- `_breakdown_pass`: one step under the storage tracker (profilers.breakdown.measure_breakdown,
+  with module paths and phases);
 - `_steady_pass`: model state after the last step;
 - `_quality_pass`: training loss on real text (train) or logit fidelity and perplexity against
   the unmodified model (prefill/decode);
@@ -247,6 +250,9 @@ def _run(cell_dict: dict[str, Any], result: dict[str, Any]) -> None:
     if run.dev.type == "cpu":
         with timed("cpu_peak"):
             _cpu_peak_pass(run)
+    elif cell.memory_trace and run.dev.type == "cuda":
+        with timed("memory_trace"):
+            _cuda_memory_trace_pass(run)
     run.wl.last_cache = None
     if cell.breakdown:
         with timed("breakdown"):
@@ -419,15 +425,49 @@ def _cpu_peak_pass(run: _Run) -> None:
     run.wl.quiesce()
     run.sync()
     cpu_peak = CpuTensorPeak()
+    marks: list[tuple[int, str]] = []  # the step's phases, on the profiler's clock (epoch ns)
+    run.wl.phase_observer = lambda phase: marks.append((time.time_ns(), phase))
     cpu_peak.start()
-    run.run_step()
-    stats = cpu_peak.stop()
+    try:
+        run.run_step()
+    finally:
+        run.wl.phase_observer = None
+    stats = cpu_peak.stop(trace_path=run.cell.memory_trace)
     mem = run.result["memory"]
+    if run.cell.memory_trace:
+        mem["memory_trace"] = {
+            "path": run.cell.memory_trace,
+            "format": "chrome-trace",
+            "opens_in": "ui.perfetto.dev or chrome://tracing ([memory] events)",
+        }
     # one step's allocated bytes over time (exact profiler timestamps)
     mem["timeline"] = downsample_timeline(cpu_peak.timeline)
     mem["timeline_source"] = "torch.profiler memory events (one step)"
+    mem["timeline_phases"] = [[round((t - cpu_peak.t0_ns) / 1e6, 4), phase] for t, phase in marks]
     mem["peak_allocated"] = stats["peak_allocated"]
     mem["baseline_allocated"] = stats["baseline_allocated"]
+
+
+def _cuda_memory_trace_pass(run: _Run) -> None:
+    """`memory_trace` on CUDA: one step under the caching allocator's history recorder, dumped
+    as the snapshot pickle that pytorch.org/memory_viz opens (stacks of every allocation)."""
+    import torch
+
+    run.wl.quiesce()
+    run.sync()
+    torch.cuda.memory._record_memory_history(max_entries=200_000)
+    try:
+        run.run_step()
+        run.sync()
+        torch.cuda.memory._dump_snapshot(run.cell.memory_trace)
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
+    run.wl.last_cache = None
+    run.result["memory"]["memory_trace"] = {
+        "path": run.cell.memory_trace,
+        "format": "cuda-snapshot",
+        "opens_in": "pytorch.org/memory_viz",
+    }
 
 
 def _breakdown_pass(run: _Run) -> None:
@@ -437,16 +477,19 @@ def _breakdown_pass(run: _Run) -> None:
 
     run.wl.quiesce()
     run.sync()
-    tracker = measure_breakdown(run.wl, run.run_step)
+    tracker = measure_breakdown(run.wl, run.run_step, modules=True)
     run.wl.last_cache = None
     mem = run.result["memory"]
     mem["breakdown"] = tracker.at_peak()
     mem["breakdown_peak"] = tracker.peak
+    mem["breakdown_peak_phase"] = tracker.peak_phase or None
+    mem["peak_modules"] = tracker.peak_modules()
     if run.dev.type == "cpu":  # one allocator seen by both passes: the two must agree
         mem.update(reconcile(mem["breakdown"], mem.get("peak_allocated"), run.result["notes"]))
     if "timeline" not in mem:  # CUDA: the tracker's series (its time includes tracking)
         mem["timeline"] = downsample_timeline(tracker.timeline)
         mem["timeline_source"] = "storage tracker (breakdown pass; times include tracking)"
+        mem["timeline_phases"] = [[round(t, 4), phase] for t, phase in tracker.phases]
 
 
 def _steady_pass(run: _Run) -> None:

@@ -45,6 +45,17 @@ PAGES = {
 }
 
 
+# page url path -> texts its load over the smoke store must show (the page items' labels)
+PAGE_TEXTS = {
+    "breakdown": ("Which modules made what was alive at the peak", "The peak fell in the"),
+    "timeline": (
+        "Shaded: the step's phases",
+        "Download this step as a Chrome trace",
+        "--trace-out",
+    ),
+}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -164,6 +175,8 @@ def test_page_renders(dashboard, tab, page_name):
     assert "Page not found" not in body
     if PAGES[page_name]:
         assert tab.locator(".js-plotly-plot").count() >= 1
+    for text in PAGE_TEXTS.get(page_name, ()):
+        assert text in body, (page_name, text)
 
 
 def test_a_run_stored_while_the_dashboard_runs_shows_after_a_reload(dashboard, tab, live_store):

@@ -124,6 +124,22 @@ def test_breakdown(monkeypatch, smoke_url):
     assert {"parameters", "kv cache"} & {t["name"] for t in bars["data"]}
     alive = at.dataframe[0].value
     assert "at the peak (measured)" in alive.columns and "parameters" in set(alive["category"])
+    # the modules whose activations and temporaries were alive at the peak (a real sweep's)
+    mods = at.dataframe[1].value
+    assert list(mods.columns) == ["module", "phase", "activations", "temporaries", "total", "share"]
+    assert any(m.startswith("model.") for m in mods["module"])
+    assert "Which modules made what was alive at the peak" in [h.value for h in at.subheader]
+    assert "The peak fell in the" in _texts(at)
+
+
+def test_timeline_marks_the_phases(monkeypatch, smoke_url):
+    at = _app(monkeypatch, smoke_url, "timeline")
+    _ok(at)
+    layout = _charts(at)[0]["layout"]
+    names = [a["text"] for a in layout.get("annotations", [])]
+    assert {"forward", "backward"} <= set(names) or {"prefill", "decode"} <= set(names), names
+    assert len([s for s in layout["shapes"] if s["type"] == "rect"]) >= 2
+    assert "Shaded: the step's phases" in _texts(at)
 
 
 @pytest.mark.parametrize("page", ["scaling", "combinations", "estimate", "timeline", "trends"])
@@ -233,6 +249,9 @@ def test_timeline_with_a_recorded_step(monkeypatch, synth_url):
     _ok(at)
     chart = _charts(at)[0]
     assert [t["name"] for t in chart["data"]] == ["allocated", "peak"]
+    assert "recorded no phase marks" in _texts(at)
+    assert at.get("download_button")
+    assert "--trace-out" in at.code[0].value
 
 
 @pytest.mark.parametrize("page", PAGES)

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from memgauge.cell import Cell
 from memgauge.results import schema as S
 from memgauge.results.report import build_report, write_report
+from memgauge.results.report.export import chart_paths
 from memgauge.units import GiB
 from tests.results.test_nightly import make_result, write_night
 
@@ -147,6 +148,26 @@ def test_markdown_with_png_charts(report_store, tmp_path):
         assert f"]({p.name})" in md
     assert EVIL_MODEL not in md and "&lt;script&gt;" in md
     assert "| lora |" in md and "+31.2%" in md
+
+
+def test_pdf_charts_and_png_names(report_store, tmp_path):
+    """`report --format pdf`: each chart its own valid PDF beside PATH (kaleido driving the
+    system Chromium); `--format png` names its files alike and draws them as the markdown
+    report's PNGs (test_markdown_with_png_charts checks those are real PNGs)."""
+    if shutil.which("chromium") is None:
+        pytest.skip("chart images need Chromium (apt-get install -y chromium)")
+    st, old, _ = report_store
+    charts = ("savings", "pareto", "breakdown-1", "breakdown-2", "prediction", "regressions")
+    paths = write_report(st, tmp_path / "r.pdf", "pdf", vs=old)
+    assert {p.name for p in paths} == {f"r-{k}.pdf" for k in charts}
+    for p in paths:
+        raw = p.read_bytes()
+        assert raw[:5] == b"%PDF-" and raw.rstrip().endswith(b"%%EOF")
+        assert re.search(rb"/Type\s*/Page\b", raw) and len(raw) > 2000
+    data = build_report(st, vs=old)
+    assert {p.name for p in chart_paths(data, tmp_path / "c.png", "png")} == {
+        f"c-{k}.png" for k in charts
+    }
 
 
 def test_csv_neutralises_formulas(report_store, tmp_path):

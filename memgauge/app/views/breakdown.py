@@ -77,6 +77,36 @@ if not df.empty:
             "in the optimizer step (new optimizer state beside the gradients), so nothing of "
             "the forward pass was alive at it."
         )
+    mods, peak_phase = C.cached(Q.peak_modules, rid)
+    st.subheader("Which modules made what was alive at the peak")
+    if mods.empty:
+        st.caption(
+            "Not recorded for this result (measured before module attribution, or without a "
+            "breakdown pass): `memory.peak_modules` is empty."
+        )
+    else:
+        total = int(mods["bytes"].sum())
+        where = f" The peak fell in the {peak_phase} phase." if peak_phase else ""
+        st.caption(
+            f"Activations and temporaries alive at the peak ({fmt_bytes(total)}), by the module "
+            f"(dotted path) running when each was allocated and the phase it was allocated in: "
+            f"the largest modules, the rest folded into one row, and what no module allocated "
+            f"(the loss, the optimizer, the step's own code).{where}"
+        )
+        st.dataframe(
+            pd.DataFrame(
+                {
+                    "module": mods["module"],
+                    "phase": mods["phase"].replace("", "—"),
+                    "activations": mods["activations"].map(fmt_bytes),
+                    "temporaries": mods["temporaries"].map(fmt_bytes),
+                    "total": mods["bytes"].map(fmt_bytes),
+                    "share": (mods["bytes"] / total).map(lambda v: f"{v:.1%}") if total else "",
+                }
+            ),
+            hide_index=True,
+            key="bd_modules",
+        )
     r = df.iloc[t]
     rec = C.cached(Q.reconciliation, rid)
     if rec.get("breakdown_reconciled") is False:

@@ -8,7 +8,8 @@ the tables into text; the renderers write
 - markdown: the same tables, charts as PNG files beside it (plotly + kaleido + the system
   Chromium);
 - export: csv / parquet / json, the flat result rows with provenance (CSV cells that a
-  spreadsheet would run as a formula are neutralised).
+  spreadsheet would run as a formula are neutralised); png / pdf, every chart as its own file
+  beside PATH (PATH-<chart>[-N].png|pdf, kaleido + the system Chromium).
 
 Never imports torch; pandas/plotly/kaleido/pyarrow are imported when a report is built."""
 
@@ -19,7 +20,7 @@ from typing import Any
 
 from memgauge.results.report import charts, tables
 from memgauge.results.report.charts import prediction_figure
-from memgauge.results.report.export import write_csv, write_json, write_parquet
+from memgauge.results.report.export import write_csv, write_figures, write_json, write_parquet
 from memgauge.results.report.html import render_html
 from memgauge.results.report.markdown import render_markdown, write_pngs
 from memgauge.results.report.sections import Section, sections
@@ -49,6 +50,7 @@ __all__ = [
     "render_markdown",
     "sections",
     "write_csv",
+    "write_figures",
     "write_json",
     "write_parquet",
     "write_pngs",
@@ -99,7 +101,7 @@ def write_report(
         vs=vs,
         budgets=budgets,
         nightly=nightly,
-        draw=fmt in ("html", "md"),
+        draw=fmt in ("html", "md", "png", "pdf"),
         gates=gates,
     )
     if fmt == "html":
@@ -107,6 +109,8 @@ def write_report(
         return [path]
     if fmt == "md":
         return render_markdown(data, path)
+    if fmt in ("png", "pdf"):
+        return write_figures(data, path, fmt)
     if fmt == "csv" and vs is not None:
         from memgauge.results.gates import VS_COLUMNS
 

@@ -1,11 +1,13 @@
-"""The data exports: CSV (cells a spreadsheet would run as a formula neutralised by `results.csvsafe`, the one CSV
-writer), Parquet
-(typed columns) and JSON (the report document)."""
+"""The exports: CSV (cells a spreadsheet would run as a formula neutralised by
+`results.csvsafe`, the one CSV writer), Parquet (typed columns), JSON (the report document), and
+the charts as PNG or PDF files (`write_figures`: plotly + kaleido 1.x + the system Chromium)."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +96,59 @@ def _json_default(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return None
     return str(v)
+
+
+IMAGE_FORMATS = ("png", "pdf")
+IMAGE_WIDTH = 1100
+"""pixels (PNG) / CSS pixels (PDF page) of every chart image"""
+
+
+def chart_paths(data: ReportData, path: Path, fmt: str) -> dict[Path, Any]:
+    """Where each of the report's charts goes: PATH-<chart>[-N].<fmt> beside PATH."""
+    out: dict[Path, Any] = {}
+    for key, figs in data.figures.items():
+        for i, fig in enumerate(figs):
+            n = f"-{i + 1}" if len(figs) > 1 else ""
+            out[path.with_name(f"{path.stem}-{key}{n}.{fmt}")] = fig
+    return out
+
+
+def write_figures(data: ReportData, path: Path, fmt: str) -> list[Path]:
+    """`report --format png|pdf`: every chart of the report as one file of `fmt` (the tables
+    are in the html / md / csv formats); returns the files written."""
+    figs = chart_paths(data, path, fmt)
+    if not figs:
+        raise RuntimeError(
+            f"the run has no chart to draw as {fmt} (no successful cell); the tables are in "
+            f"--format html, md or csv"
+        )
+    write_images(figs, fmt)
+    return list(figs)
+
+
+def browser_path() -> str | None:
+    """The Chromium kaleido drives: $BROWSER_PATH (choreographer, kaleido's launcher, reads
+    it), else the system's chromium / google-chrome on PATH, which is then put there."""
+    if os.environ.get("BROWSER_PATH"):
+        return os.environ["BROWSER_PATH"]
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        exe = shutil.which(name)
+        if exe:
+            os.environ["BROWSER_PATH"] = exe
+            return exe
+    return None
+
+
+def write_images(figs: dict[Path, Any], fmt: str) -> None:
+    """Static images (png | pdf) through kaleido 1.x, which drives the system Chromium."""
+    import plotly.io as pio
+
+    browser_path()
+    try:
+        pio.write_images(list(figs.values()), [str(p) for p in figs], format=fmt, width=IMAGE_WIDTH)
+    except Exception as exc:  # noqa: BLE001 - say what to install, not a kaleido traceback
+        raise RuntimeError(
+            f"could not draw the charts as {fmt.upper()} ({type(exc).__name__}: {exc}); "
+            f"charts as images need kaleido>=1 and Chromium "
+            f"(apt-get install -y chromium, or set BROWSER_PATH)"
+        ) from None

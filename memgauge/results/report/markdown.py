@@ -4,11 +4,10 @@ the system Chromium)."""
 from __future__ import annotations
 
 import html
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
+from memgauge.results.report.export import write_images
 from memgauge.results.report.sections import _meta_lines, _title, sections
 from memgauge.results.report.tables import ReportData
 
@@ -48,20 +47,5 @@ def render_markdown(data: ReportData, path: Path) -> list[Path]:
 
 
 def write_pngs(figs: dict[Path, Any]) -> None:
-    """Static images through kaleido 1.x, which drives a Chromium: the system one if found."""
-    import plotly.io as pio
-
-    if not os.environ.get("BROWSER_PATH"):
-        for name in ("chromium", "chromium-browser", "google-chrome"):
-            exe = shutil.which(name)
-            if exe:
-                os.environ["BROWSER_PATH"] = exe  # read by choreographer, kaleido's launcher
-                break
-    try:
-        pio.write_images(list(figs.values()), [str(p) for p in figs], format="png", width=1100)
-    except Exception as exc:  # noqa: BLE001 - say what to install, not a kaleido traceback
-        raise RuntimeError(
-            f"could not draw the charts as PNG ({type(exc).__name__}: {exc}); "
-            f"markdown reports need kaleido>=1 and Chromium "
-            f"(apt-get install -y chromium, or set BROWSER_PATH)"
-        ) from None
+    """The charts as PNG files (export.write_images)."""
+    write_images(figs, "png")

@@ -16,7 +16,7 @@ from memgauge.results import schema as S
 from memgauge.results.store import Store, StoreError
 from memgauge.units import fmt_bytes
 
-FORMATS = ("html", "md", "csv", "parquet", "json")
+FORMATS = ("html", "md", "csv", "parquet", "json", "png", "pdf")
 REPORT_SCHEMA = 1
 # provenance copied onto every flat row (from the result's own env, else the run's)
 ENV_COLUMNS = (
