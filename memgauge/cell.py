@@ -41,6 +41,18 @@ PRECISION_CELL: dict[str, tuple[str, str | None]] = {
 }
 
 
+def precision_line(precision: str, mode: str) -> str:
+    """The recipe in words, and for pure 16-bit training the flag of its mixed-precision twin
+    (what `memgauge estimate` prints and the Estimate page shows)."""
+    out = f"precision: {precision} ({PRECISIONS.get(precision, precision)})"
+    if mode == "train" and precision.startswith("pure_"):
+        out += (
+            "; mixed precision (fp32 master weights + AdamW, 16 B/param) is "
+            f"--precision amp_{precision[5:]}"
+        )
+    return out
+
+
 def precision_recipe(dtype: str, techniques: list[str] | tuple[str, ...]) -> str:
     """The named recipe of a cell: its dtype with autocast / pure_bf16 applied."""
     from memgauge.spec import SpecError, parse_spec

@@ -368,7 +368,7 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from memgauge.cell import PRECISIONS
+    from memgauge.cell import precision_line
     from memgauge.estimate.fits import device_memory_for, predict, predicted_peak, verdict
     from memgauge.units import fmt_bytes, parse_bytes
 
@@ -392,12 +392,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         print(json.dumps(out))
         return 0
     print(f"{cell.label()}")
-    print(f"  precision: {cell.precision} ({PRECISIONS[cell.precision]})")
-    if cell.mode == "train" and cell.precision.startswith("pure_"):
-        print(
-            "  mixed precision (fp32 master weights + AdamW, 16 B/param) is "
-            f"--precision amp_{cell.precision[5:]}"
-        )
+    line = precision_line(cell.precision, cell.mode)
+    print("  " + line.replace("; mixed precision", "\n  mixed precision"))
     tr = pred["traced"] or {}
     print(f"  {'':<16} {'analytic':>12} {'traced':>12}")
     for k, val in pred["analytic"].items():

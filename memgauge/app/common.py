@@ -167,11 +167,13 @@ def bytes_columns(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
     return out
 
 
-def table(df: pd.DataFrame, **kw: Any) -> None:
+def table(df: Any, **kw: Any) -> None:
     """st.dataframe with memgauge's column formats: technique sets and workloads wide (never
-    cut), tokens/s as integers, percentages with a % sign."""
+    cut), tokens/s as integers, percentages with a % sign.  `df` may be a Styler
+    (`quality_table`'s greyed cells)."""
     cfg: dict[str, Any] = {}
-    for c in df.columns:
+    frame = df.data if hasattr(df, "data") and hasattr(df, "set_properties") else df
+    for c in frame.columns:
         name = str(c)
         if name in ("techniques", "technique", "combination", "context", "workload", "cell"):
             cfg[c] = st.column_config.TextColumn(width="large")
@@ -180,6 +182,35 @@ def table(df: pd.DataFrame, **kw: Any) -> None:
         elif "tokens/s" in name or name.endswith("tokens_per_s"):
             cfg[c] = st.column_config.NumberColumn(format="%d")
     st.dataframe(df, column_config=cfg, hide_index=True, **kw)
+
+
+def quality_table(df: pd.DataFrame, cols: list[str], basis: pd.Series | None = None) -> Any:
+    """The quality columns `cols` as text (labels.quality_number), a
+    `quality basis` column, and those cells greyed where the basis is random-init (a Styler)."""
+    basis = df["quality_basis"] if basis is None else basis
+    out = df.drop(columns=["quality_basis"], errors="ignore").copy()
+    shown = [c for c in cols if c in out.columns]
+    for c in shown:
+        signed = c != "top1_agreement"
+        out[c] = [L.quality_number(v, b, signed=signed) for v, b in zip(out[c], basis, strict=True)]
+    out["quality basis"] = basis.fillna("not recorded").to_numpy()
+    grey = basis.map(L.is_random_init).to_numpy()
+
+    def style(col: pd.Series) -> list[str]:
+        return [f"color: {L.GREY}" if g else "" for g in grey]
+
+    return out.style.apply(style, subset=[*shown, "quality basis"])
+
+
+def random_init_caption(df: pd.DataFrame, basis_col: str = "quality_basis") -> None:
+    """Say what greyed quality means and why those results are random-init (their reasons)."""
+    if basis_col not in df.columns or df.empty:
+        return
+    rand = df[df[basis_col].map(L.is_random_init)]
+    ids = tuple(int(i) for i in rand["id"].head(20)) if "id" in rand.columns else ()
+    note = L.random_init_note(len(rand), len(df), cached(Q.basis_reasons, ids) if ids else ())
+    if note:
+        st.caption(note)
 
 
 def techniques_column(df: pd.DataFrame, col: str = "techniques") -> pd.DataFrame:

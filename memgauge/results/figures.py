@@ -193,7 +193,13 @@ def pareto_scatter(points: pd.DataFrame, metric: str = "peak_allocated") -> go.F
     ]
     ok = ok.assign(hover=hover)
     fig = go.Figure()
-    has_q = ok["quality_cost"].notna()
+    # quality from random-init weights is not quality: greyed, in its own trace
+    rand = (
+        ok["quality_basis"].map(L.is_random_init)
+        if "quality_basis" in ok.columns
+        else pd.Series(False, index=ok.index)
+    ).astype(bool)
+    has_q = ok["quality_cost"].notna() & ~rand
     # one colour scale per quality measure: Δloss (train) and KL (inference) are other units
     is_train = ok["mode"] == "train"
     scales = [
@@ -227,8 +233,26 @@ def pareto_scatter(points: pd.DataFrame, metric: str = "peak_allocated") -> go.F
                 },
             )
         )
-    if (~has_q).any():
-        nq = ok[~has_q]
+    if (rand & ok["quality_cost"].notna()).any():
+        rq = ok[rand & ok["quality_cost"].notna()]
+        fig.add_trace(
+            go.Scatter(
+                x=rq["x"],
+                y=rq["tokens_per_s"],
+                mode="markers",
+                name=f"cells (quality from {L.RANDOM_INIT_BASIS} weights: greyed, not quality)",
+                hovertext=rq["hover"] + f"<br>({L.RANDOM_INIT_BASIS} weights)",
+                hoverinfo="text",
+                marker={
+                    "size": 9,
+                    "color": L.GREY,
+                    "symbol": "circle-dot",
+                    "line": {"width": 0.5, "color": "#333"},
+                },
+            )
+        )
+    if (~has_q & ~(rand & ok["quality_cost"].notna())).any():
+        nq = ok[~has_q & ~(rand & ok["quality_cost"].notna())]
         fig.add_trace(
             go.Scatter(
                 x=nq["x"],
@@ -252,7 +276,7 @@ def pareto_scatter(points: pd.DataFrame, metric: str = "peak_allocated") -> go.F
                 line_shape="hv",
                 name=f"Pareto frontier: {model} · {mode}",
                 text=f["tech"],
-                textposition="top right",
+                textposition=frontier_text_positions(len(f)),
                 textfont={"size": 11, "color": color},
                 hovertext=f["hover"],
                 hoverinfo="text",
@@ -275,6 +299,13 @@ def pareto_scatter(points: pd.DataFrame, metric: str = "peak_allocated") -> go.F
     if log_y:
         fig.update_yaxes(**log_ticks(tps.min(), tps.max(), fmt="{:,.0f}"))
     return fig
+
+
+def frontier_text_positions(n: int) -> list[str]:
+    """Where each frontier label goes: the frontier climbs to the upper right (more memory,
+    more throughput), so labels alternate above-left and below-right of their points, away
+    from both neighbours, and no two consecutive labels share a side."""
+    return ["top left" if k % 2 == 0 else "bottom right" for k in range(n)]
 
 
 # -- breakdown -------------------------------------------------------------------------------------

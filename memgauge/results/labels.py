@@ -76,7 +76,8 @@ def run_label(r: dict[str, Any], *, comparable: bool | None = None) -> str:
     if n is not None:
         name += f" · {n} cell{'s' if n != 1 else ''}"
         if r.get("models"):
-            name += f" ({r['models']}; {r['modes']})"
+            prec = f"; {r['precisions']}" if r.get("precisions") else ""
+            name += f" ({r['models']}; {r['modes']}{prec})"
         if comparable is False:
             name += " · no baseline pair"
     if r["status"] != "complete":
@@ -100,6 +101,41 @@ def quality_text(text: str, basis: str | None) -> str:
     if basis == "random-init" and text not in ("", "—"):
         return Dimmed(f"({text}) {RANDOM_INIT}")
     return text
+
+
+RANDOM_INIT_BASIS = "random-init"
+"""`quality.basis` of a result measured on randomly initialised weights"""
+RANDOM_INIT_MEANING = (
+    "a random model's Δloss, KL and top-1 agreement say little about what a technique does "
+    "to a trained one"
+)
+GREY = "#9A9A9A"
+"""the colour of quality numbers that are not to be read as quality (random-init)"""
+
+
+def is_random_init(basis: Any) -> bool:
+    return basis == RANDOM_INIT_BASIS
+
+
+def quality_number(value: Any, basis: Any = None, digits: int = 4, signed: bool = True) -> str:
+    """A quality number as a table shows it: '+0.0123', marked by `quality_text` on random-init
+    weights, '—' when missing (`signed`: a difference such as Δloss or KL; top-1 is not)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "—"
+    return quality_text(f"{float(value):{'+' if signed else ''}.{digits}g}", basis)
+
+
+def random_init_note(n_random: int, n_total: int, reasons: Iterable[str] = ()) -> str | None:
+    """What greyed quality means, for a page or a report: None when no result is random-init."""
+    if not n_random:
+        return None
+    which = "all" if n_random == n_total else f"{n_random} of {n_total}"
+    why = "; ".join(dict.fromkeys(reasons))
+    return (
+        f"Quality of {which} cells is from random-init weights (greyed): {RANDOM_INIT_MEANING}"
+        + (f". Why random-init: {why}" if why else "")
+        + "."
+    )
 
 
 # -- escaping --------------------------------------------------------------------------------------

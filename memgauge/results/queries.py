@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+from memgauge.cell import precision_recipe
 from memgauge.result import MODES
 from memgauge.results import labels as L
 from memgauge.results import schema as S
@@ -66,6 +67,13 @@ QUALITY_COST_LABEL = "quality cost (Δloss for train, KL to baseline for inferen
 
 # train: loss after N steps minus the same seed's baseline; inference: KL(baseline || technique)
 QUALITY_COST = sa.case((R.c.mode == "train", R.c.loss_delta), else_=R.c.kl_to_baseline)
+QUALITY_BASIS = sa.case(
+    (R.c.result_json.like(f'%"basis": "{L.RANDOM_INIT_BASIS}"%'), L.RANDOM_INIT_BASIS),
+    (R.c.result_json.like('%"basis": "trained"%'), "trained"),
+    else_=None,
+)
+"""a result's `quality.basis` (trained | random-init | None: not recorded), read in SQL from the
+stored JSON (written by json.dumps with its default separators)"""
 
 
 technique_label = L.technique_label
@@ -171,11 +179,20 @@ def has_results(store: Store) -> bool:
         return con.execute(sa.select(R.c.id).limit(1)).first() is not None
 
 
+_PRECISION_TECH = sa.case(
+    (R.c.techniques.like("%autocast:dtype=float16%"), "autocast:dtype=float16"),
+    (R.c.techniques.like("%autocast%"), "autocast"),
+    (R.c.techniques.like("%pure_bf16%"), "pure_bf16"),
+    else_="",
+).label("precision_tech")
+"""the precision technique of a cell, if any (with its dtype: `cell.precision_recipe`)"""
+
+
 def runs_frame(store: Store, *, kind: str | None = None, limit: int = 500) -> pd.DataFrame:
     """Runs, newest first: id, suite, kind, status (a dead `running` run shows `interrupted`),
     started_at, finished_at, cells_planned, env_hash, what the run holds (cells, ok,
-    baselines = successful no-technique cells, technique_cells, models, modes) and a label
-    that says it.  Only runs with results."""
+    baselines = successful no-technique cells, technique_cells, models, modes, precisions: the
+    cells' precision recipes) and a label that says it.  Only runs with results."""
     held = (
         sa.select(
             R.c.run_id,
@@ -219,15 +236,23 @@ def runs_frame(store: Store, *, kind: str | None = None, limit: int = 500) -> pd
             row = Store._run_view(dict(r))
             rows.append({**row, **{c: int(r[c] or 0) for c in counts}})
         ids = [r["id"] for r in rows]
-        what: dict[str, tuple[set[str], set[str]]] = {i: (set(), set()) for i in ids}
+        what: dict[str, tuple[set[str], set[str], set[str]]] = {
+            i: (set(), set(), set()) for i in ids
+        }
         if ids:
-            mm = sa.select(R.c.run_id, R.c.model, R.c.mode).where(R.c.run_id.in_(ids)).distinct()
-            for rid, model, mode in con.execute(mm):
+            mm = (
+                sa.select(R.c.run_id, R.c.model, R.c.mode, R.c.dtype, _PRECISION_TECH)
+                .where(R.c.run_id.in_(ids))
+                .distinct()
+            )
+            for rid, model, mode, dtype, tech in con.execute(mm):
                 what[rid][0].add(model)
                 what[rid][1].add(mode)
+                what[rid][2].add(precision_recipe(dtype, [tech] if tech else []))
     for r in rows:
         r["models"] = ", ".join(sorted(what[r["id"]][0]))
         r["modes"] = ", ".join(sorted(what[r["id"]][1]))
+        r["precisions"] = ", ".join(sorted(what[r["id"]][2]))
     df = pd.DataFrame(
         rows,
         columns=[
@@ -244,6 +269,7 @@ def runs_frame(store: Store, *, kind: str | None = None, limit: int = 500) -> pd
             *counts,
             "models",
             "modes",
+            "precisions",
         ],
     )
     df = df.drop(columns=["host", "pid"])
@@ -443,6 +469,7 @@ def _ok_points(store: Store, run_id: str, metric: str) -> pd.DataFrame:
             m.label("value"),
             R.c.tokens_per_s,
             QUALITY_COST.label("quality_cost"),
+            QUALITY_BASIS.label("quality_basis"),
         )
         .where(
             R.c.run_id == run_id, R.c.status == "ok", m.is_not(None), R.c.tokens_per_s.is_not(None)
@@ -475,12 +502,10 @@ def best_choices(store: Store, run_id: str, metric: str = "peak_allocated") -> p
                     "tokens_per_s": float(r["tokens_per_s"]),
                     "saving_frac": (1 - r["value"] / base_v) if base_v else None,
                     "quality_cost": r["quality_cost"],
+                    "quality_basis": r["quality_basis"],
                     "id": int(r["id"]),
                 }
             )
-    extra = result_json_fields(store, [r["id"] for r in out])
-    for r in out:
-        r["quality_basis"] = extra.get(r["id"], {}).get("quality_basis")
     return pd.DataFrame(
         out,
         columns=[
@@ -555,6 +580,7 @@ def explore(
         R.c.tokens_per_s,
         R.c.step_ms_p50,
         QUALITY_COST.label("quality_cost"),
+        QUALITY_BASIS.label("quality_basis"),
         R.c.loss_delta,
         R.c.kl_to_baseline,
         R.c.top1_agreement,
@@ -902,6 +928,22 @@ def timeline_results(store: Store, run_id: str) -> pd.DataFrame:
     )
     with store.connect() as con:
         return _frame(con, q)
+
+
+def basis_reasons(store: Store, ids: Sequence[int], *, most: int = 20) -> list[str]:
+    """The distinct `quality.basis_reason`s of the random-init results among `ids` (reading at
+    most `most` of them: the reasons repeat)."""
+    ids = [int(i) for i in ids][:most]
+    if not ids:
+        return []
+    q = sa.select(R.c.result_json).where(R.c.id.in_(ids))
+    out: list[str] = []
+    with store.connect() as con:
+        for (raw,) in con.execute(q):
+            reason = ((json.loads(raw) or {}).get("quality") or {}).get("basis_reason")
+            if reason and reason not in out:
+                out.append(reason)
+    return out
 
 
 def _result_json(store: Store, result_id: int) -> dict[str, Any]:

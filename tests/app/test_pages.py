@@ -14,6 +14,7 @@ pytest.importorskip("plotly")
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from memgauge.results import labels as L  # noqa: E402
 from memgauge.results.store import Store  # noqa: E402
 from memgauge.units import fmt_bytes  # noqa: E402
 from tests.app.synthetic import MiB, combination_run, make_run, result  # noqa: E402
@@ -101,6 +102,15 @@ def test_overview(monkeypatch, smoke_url):
     assert charts and charts[0]["data"][0]["type"] == "heatmap"
     best = at.dataframe[0].value
     assert {"workload", "budget ≥", "techniques", "tokens/s"} <= set(best.columns)
+    # the smoke sweep measures on random-init weights: each quality number says so (greyed),
+    # and why
+    assert set(best["quality basis"]) == {"random-init"}
+    assert all(v == "—" or v.endswith(L.RANDOM_INIT) for v in best["quality cost"])
+    text = _texts(at)
+    assert "Quality of all cells is from random-init weights (greyed)" in text
+    assert 'weights = "random"' in text  # the results' own basis_reason
+    picker = at.selectbox(key="w_run")
+    assert "(llama-tiny; decode, prefill, train; fp32)" in picker.options[picker.index]
 
 
 def test_explore_and_a_filter_change(monkeypatch, smoke_url):
@@ -191,6 +201,7 @@ def test_estimate_numbers_and_fit(monkeypatch, smoke_url):
     assert metrics["device memory: fits"] == "1.00 GiB"
     text = _texts(at)
     assert f"analytic peak at {pred['peak_phase']}" in text and "traced peak at op" in text
+    assert "precision: fp32 (fp32 weights" in text
     # the smoke sweep measured llama-tiny train with checkpoint: shown as evidence
     assert "Measured cells of this model and techniques" in [h.value for h in at.subheader]
     assert len(at.dataframe[-1].value) >= 1 and "analytic vs measured" in at.dataframe[-1].value
@@ -202,6 +213,8 @@ def test_estimate_numbers_and_fit(monkeypatch, smoke_url):
     )
     at.text_input(key="es_mem").set_value("1KiB").run()
     assert "Does not fit" in _texts(at)
+    at.selectbox(key="es_dtype").set_value("bfloat16").run()
+    assert "precision: pure_bf16" in _texts(at) and "--precision amp_bf16" in _texts(at)
     at.text_input(key="es_opts").set_value("lora:r=nonsense").run()
     _ok(at)
     assert at.error  # a bad spec is explained, not raised
@@ -222,6 +235,11 @@ def test_compare_two_runs_warns_on_environment(monkeypatch, synth_url):
     table = at.dataframe[0].value
     assert set(table["techniques"]) == {"baseline", "lora"}
     assert _charts(at)
+    # the gates' verdicts: a speed ratio carries its interval, or says it has none
+    verdicts = at.dataframe[1].value
+    assert list(verdicts.columns) == ["cell", "metric", "A", "B", "B / A", "verdict", "why"]
+    speed = verdicts[verdicts["metric"] == "tokens_per_s"]
+    assert len(speed) == 2 and all("spread unknown" in v for v in speed["B / A"])
 
 
 def test_trends_across_sweeps(monkeypatch, synth_url):
@@ -252,6 +270,14 @@ def test_timeline_with_a_recorded_step(monkeypatch, synth_url):
     assert "recorded no phase marks" in _texts(at)
     assert at.get("download_button")
     assert "--trace-out" in at.code[0].value
+
+
+def test_breakdown_of_results_without_module_attribution(monkeypatch, synth_url):
+    at = _app(monkeypatch, synth_url, "breakdown")
+    at.selectbox(key="w_run").set_value("sweep-a").run()
+    at.selectbox(key="bd_workload").set_value(1).run()  # train b=2 s=64: hand-made breakdowns
+    _ok(at)
+    assert "Not recorded for this result" in _texts(at)
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -331,8 +357,8 @@ def test_default_run_is_the_newest_with_baselines(monkeypatch, tmp_path, page):
     box = at.selectbox(key="w_run")
     assert box.value == "the-sweep"
     labels = box.options
-    assert labels[0].startswith("run · 1 cell (llama-tiny; train) · no baseline pair")
-    assert labels[1].startswith("quick sweep · 10 cells (llama-tiny; prefill, train)")
+    assert labels[0].startswith("run · 1 cell (llama-tiny; train; fp32) · no baseline pair")
+    assert labels[1].startswith("quick sweep · 10 cells (llama-tiny; prefill, train; fp32)")
     if page == "overview":
         assert _charts(at)[0]["data"][0]["type"] == "heatmap"
 

@@ -56,6 +56,9 @@ def test_plan_page_shows_the_planners_candidates(monkeypatch, tmp_path: Path) ->
     assert list(table["techniques"]) == [" + ".join(c.techniques) for c in expect.candidates]
     assert list(table["peak"]) == [fmt_bytes(c.peak) for c in expect.candidates]
     assert set(table["evidence"]) == {"unmeasured"}
+    # no stored cell: said in words, never "None"
+    assert set(table["speed ratio"]) == {"unmeasured"} == set(table["quality cost"])
+    assert not table.astype(str).isin(["None", "nan"]).any().any()
     charts = [json.loads(e.proto.spec) for e in at.get("plotly_chart")]
     assert len(charts) == 2  # memory vs speed, the picked candidate's breakdown
     shapes = charts[0]["layout"].get("shapes", [])

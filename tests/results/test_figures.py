@@ -49,6 +49,9 @@ def test_pareto_scatter_marks_the_frontier(synth):
     assert fig.layout.yaxis.type == "linear"  # 600..1100 t/s: no need for a log axis
     # the frontier's points say their technique set
     assert list(front.text) == ["checkpoint + lora", "lora", "tie_embeddings"]
+    # neighbours' labels on opposite sides, so they do not overlap
+    pos = list(front.textposition)
+    assert pos == ["top left", "bottom right", "top left"]
 
 
 def test_pareto_scatter_one_frontier_per_mode_and_log_axis(synth):

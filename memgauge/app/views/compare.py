@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from memgauge.app import common as C
 from memgauge.results import figures as F
+from memgauge.results import gates as G
 from memgauge.results import queries as Q
 
 st.title("Compare")
@@ -64,3 +66,37 @@ table = C.bytes_columns(C.techniques_column(df), ["a_value", "b_value", "delta"]
 for c in ("delta_frac", "tps_delta_frac"):
     table[c] = (table[c].astype(float) * 100).round(2)
 C.table(table.rename(columns={"delta_frac": "Δ memory %", "tps_delta_frac": "Δ tokens/s %"}))
+
+st.subheader("Verdicts (the gates of `report --vs` and nightly)")
+verdicts = [
+    r for r in C.cached(G.compare_runs, run_a, run_b) if r["metric"] in (metric, "tokens_per_s")
+]
+if verdicts:
+    C.table(
+        pd.DataFrame(
+            {
+                "cell": [r["label"] for r in verdicts],
+                "metric": [r["metric"] for r in verdicts],
+                "A": [G.fmt_value(r["metric"], r["before"]) for r in verdicts],
+                "B": [G.fmt_value(r["metric"], r["after"]) for r in verdicts],
+                "B / A": [
+                    G.fmt_ratio(
+                        r["ratio"],
+                        (r["interval_lo"], r["interval_hi"])
+                        if r["interval_lo"] is not None
+                        else None,
+                    )
+                    if r["metric"] in G.SPEED_METRICS
+                    else G.fmt_rel(r["change"])
+                    for r in verdicts
+                ],
+                "verdict": [r["verdict"] for r in verdicts],
+                "why": [r["reason"] for r in verdicts],
+            }
+        )
+    )
+    st.caption(
+        "Speed: B's tokens/s over A's with its interval from both cells' timing spreads; an "
+        'interval that holds 1.0 is "no measurable difference". Memory is exact on CPU: the '
+        "limit is the larger of 2 % and a few allocator blocks."
+    )

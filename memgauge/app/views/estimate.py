@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from memgauge.app import common as C
-from memgauge.cell import DTYPES, MODES, Cell
+from memgauge.cell import DTYPES, MODES, Cell, precision_line
 from memgauge.estimate.fits import predict, predicted_peak, verdict
 from memgauge.results import figures as F
 from memgauge.results import labels as L
@@ -150,6 +150,12 @@ where += (
     else f"; traced: {pred['traced_reason']}"
 )
 st.caption(where)
+st.caption(
+    precision_line(cell.precision, mode).replace(
+        "--precision amp_", "dtype float32 + the autocast technique, `--precision amp_"
+    )
+    + ("`" if mode == "train" and cell.precision.startswith("pure_") else "")
+)
 analytic = {k: v for k, v in pred["analytic"].items() if k != "peak"}
 traced = {k: v for k, v in (tr or {}).items() if k != "peak"}
 st.plotly_chart(

@@ -74,7 +74,14 @@ shown = points.head(Q.MAX_TABLE_ROWS)
 table = C.bytes_columns(
     C.techniques_column(shown).rename(columns={"value": metric}), [metric, "analytic_peak"]
 )
-C.table(table)
+C.table(
+    C.quality_table(
+        table,
+        ["quality_cost", "loss_delta", "kl_to_baseline", "top1_agreement"],
+        shown["quality_basis"],
+    )
+)
+C.random_init_caption(points)
 st.download_button(
     "Download these rows as CSV",
     frame_csv(points).encode(),

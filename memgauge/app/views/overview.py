@@ -50,10 +50,8 @@ else:
             ),
             "quality cost": best["quality_cost"],
         },
-    )
-    C.table(
-        table[
-            ["workload", "budget ≥", "techniques", "tokens/s", "saving vs baseline", "quality cost"]
-        ].head(Q.MAX_TABLE_ROWS)
-    )
+    ).head(Q.MAX_TABLE_ROWS)
+    cols = ["workload", "budget ≥", "techniques", "tokens/s", "saving vs baseline", "quality cost"]
+    C.table(C.quality_table(table[cols], ["quality cost"], table["quality_basis"]))
     st.caption(Q.QUALITY_COST_LABEL)
+    C.random_init_caption(best)

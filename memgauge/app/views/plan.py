@@ -13,6 +13,7 @@ from plotly.subplots import make_subplots
 from memgauge.cell import DTYPES, MODES
 from memgauge.estimate.plan import OBJECTIVES, PlanQuery, plan
 from memgauge.results import figures as F
+from memgauge.results.gates import fmt_ratio
 from memgauge.results.store import Store, StoreError
 from memgauge.spec import SpecError
 from memgauge.units import GiB, fmt_bytes, parse_bytes
@@ -130,6 +131,27 @@ def _cost(c: dict, key: str) -> Any:
     return c["cost"].get(key) if c["cost"].get("status") == "measured" else None
 
 
+def _speed_text(c: dict) -> str:
+    """The measured speed ratio (median over the evidence cells) with the cells' range, in the
+    gates' words ("no measurable difference" when the range holds 1.0); "unmeasured" without."""
+    r = _cost(c, "speed_ratio")
+    if r is None:
+        return "unmeasured"
+    span = c["cost"].get("speed_ratio_range")
+    if not span or c["cost"].get("n_cells", 0) < 2:
+        return fmt_ratio(r, None).replace("spread unknown", "one cell, spread unknown")
+    return fmt_ratio(r, (span[0], span[1]))
+
+
+def _quality_text(c: dict) -> str:
+    q = _cost(c, "quality_cost")
+    return "unmeasured" if q is None else f"{q:+.4g} {c['cost'].get('quality_metric', '')}".strip()
+
+
+def _count_text(v: Any) -> str:
+    return "—" if v is None else f"{int(v):,}"
+
+
 rows = pd.DataFrame(
     [
         {
@@ -138,10 +160,10 @@ rows = pd.DataFrame(
             "peak": fmt_bytes(c["peak"]),
             "source": c["peak_source"],
             "headroom": fmt_bytes(c["headroom"]),
-            "max batch": c["capacity"].get("batch"),
-            "max seq": c["capacity"].get("seq"),
-            "speed ratio": _cost(c, "speed_ratio"),
-            "quality cost": _cost(c, "quality_cost"),
+            "max batch": _count_text(c["capacity"].get("batch")),
+            "max seq": _count_text(c["capacity"].get("seq")),
+            "speed ratio": _speed_text(c),
+            "quality cost": _quality_text(c),
             "evidence": (
                 f"{c['cost']['n_cells']} cell(s)"
                 if c["cost"].get("status") == "measured"
@@ -152,7 +174,11 @@ rows = pd.DataFrame(
     ]
 )
 st.dataframe(rows, hide_index=True, key="pl_table")
-st.caption(f"ranking: {p['ranking']}. Capacity: the analytic estimate's largest batch / sequence.")
+st.caption(
+    f"ranking: {p['ranking']}. Capacity: the analytic estimate's largest batch / sequence. "
+    f"Speed ratio: the median over the stored cells of the technique set, with their range "
+    f'("no measurable difference" when it holds 1.0); "unmeasured": no stored cell.'
+)
 
 
 def plan_figure(cands: list[dict], budget: int) -> go.Figure:
