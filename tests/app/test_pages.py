@@ -280,6 +280,32 @@ def test_breakdown_of_results_without_module_attribution(monkeypatch, synth_url)
     assert "Not recorded for this result" in _texts(at)
 
 
+def test_breakdown_peak_in_the_optimizer_step(monkeypatch, tmp_path):
+    """A train peak in the optimizer phase with no activations alive: the page says why, and
+    the module table shows the rows the tracker stored."""
+    cats = {"parameters": 10 * MiB, "gradients": 10 * MiB, "optimizer_state": 20 * MiB}
+    rows = [
+        result(peak=50 * MiB, breakdown={**cats, "activations": 0, "temporaries": 3 * MiB}),
+        result(techniques=("lora",), peak=40 * MiB, breakdown={**cats, "activations": 0}),
+    ]
+    rows[0]["memory"]["breakdown_peak_phase"] = "optimizer"
+    rows[0]["memory"]["peak_modules"] = [
+        {"module": "(outside any module)", "phase": "optimizer", "activations": 0,
+         "temporaries": 3 * MiB, "bytes": 3 * MiB},
+    ]  # fmt: skip
+    path = tmp_path / "opt.sqlite"
+    st = Store.open(str(path))
+    make_run(st, rows, run_id="opt-peak")
+    st.close()
+    at = _app(monkeypatch, str(path), "breakdown")
+    _ok(at)
+    text = _texts(at)
+    assert "The tracker recorded the peak in the optimizer phase" in text
+    assert "The peak fell in the optimizer phase" in text
+    mods = at.dataframe[1].value
+    assert list(mods["module"]) == ["(outside any module)"] and list(mods["share"]) == ["100.0%"]
+
+
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_over_the_hand_made_store(monkeypatch, synth_url, page):
     _ok(_app(monkeypatch, synth_url, page))

@@ -71,13 +71,20 @@ if not df.empty:
         hide_index=True,
     )
     at_peak = alive.set_index("category")["peak"]
-    if workload["mode"] == "train" and not (at_peak.get("activations") or 0):
-        st.caption(
-            "activations 0 B: this step's peak came after backward had freed the activations, "
-            "in the optimizer step (new optimizer state beside the gradients), so nothing of "
-            "the forward pass was alive at it."
-        )
     mods, peak_phase = C.cached(Q.peak_modules, rid)
+    if workload["mode"] == "train" and not (at_peak.get("activations") or 0):
+        if peak_phase in (None, "optimizer"):
+            st.caption(
+                "activations 0 B: this step's peak came after backward had freed the "
+                "activations, in the optimizer step (new optimizer state beside the gradients), "
+                "so nothing of the forward pass was alive at it."
+                + (" (The tracker recorded the peak in the optimizer phase.)" if peak_phase else "")
+            )
+        else:
+            st.caption(
+                f"activations 0 B at a peak in the {peak_phase} phase: no tensor saved for "
+                f"backward was alive at it (the technique keeps none, or frees them first)."
+            )
     st.subheader("Which modules made what was alive at the peak")
     if mods.empty:
         st.caption(
