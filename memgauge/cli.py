@@ -156,6 +156,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                     "  at the peak     "
                     + ", ".join(f"{k} {fmt_bytes(v)}" for k, v in m["breakdown"].items() if v)
                 )
+            mods = [r for r in m.get("peak_modules") or [] if not r["module"].startswith("(")]
+            if mods:  # the largest modules' activations + temporaries alive at the peak
+                where = (
+                    f" (peak in {m['breakdown_peak_phase']})"
+                    if m.get("breakdown_peak_phase")
+                    else ""
+                )
+                print(
+                    f"  top modules{where}: "
+                    + ", ".join(f"{r['module']} {fmt_bytes(r['bytes'])}" for r in mods[:3])
+                )
             print(
                 f"  step p50        {t.get('step_ms_p50') or 0:.2f} ms   {t.get('tokens_per_s') or 0:.0f} tokens/s"
             )

@@ -163,6 +163,7 @@ def test_run_no_store_and_human_output(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "peak allocated" in out.stdout and "MiB" in out.stdout or "KiB" in out.stdout
+    assert "top modules (peak in forward): model." in out.stdout
     assert not (tmp_path / "s.sqlite").exists()
     assert "stored as run" not in out.stdout
 
