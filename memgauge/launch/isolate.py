@@ -56,7 +56,10 @@ default) or spawned as a fresh interpreter; both run it in its own process group
 
 POLL_S = 0.25
 
-_isolation = "zygote"
+ISOLATION_ENV = "MEMGAUGE_ISOLATION"
+"""the default isolation of a process that does not set one (the CLI's --isolation does)"""
+
+_isolation = os.environ.get(ISOLATION_ENV) or "zygote"
 
 
 def set_isolation(mode: str) -> None:
@@ -142,7 +145,10 @@ def run_isolated(
     timeout_s = timeout_s if timeout_s is not None else float(cell.get("timeout_s", 600))
     mode = isolation or _isolation
     if mode not in ISOLATIONS:
-        raise ValueError(f"isolation {mode!r}: choose one of {', '.join(ISOLATIONS)}")
+        raise ValueError(
+            f"isolation {mode!r} (--isolation or ${ISOLATION_ENV}): choose one of "
+            f"{', '.join(ISOLATIONS)}"
+        )
     nproc = torchrun.world_size(cell)
     if nproc > 1:
         mode = "spawn"

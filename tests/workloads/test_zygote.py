@@ -3,6 +3,8 @@ one does, a cell that corrupts torch leaves the next untouched, the zygote impor
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
 from memgauge.cell import Cell
@@ -69,3 +71,32 @@ def test_the_zygote_key_ignores_run_time_variables():
 def test_unknown_isolation_is_refused():
     with pytest.raises(ValueError, match="zygote, spawn"):
         run_isolated(cell().to_dict(), isolation="fork")
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_the_running_pass_is_a_status_line_on_a_terminal_only(tty):
+    from memgauge.sweep import Progress
+
+    s = _Stream(tty)
+    bar = Progress(2, stream=s)
+    bar.show("running a")
+    bar.passing("a", "timing")
+    bar.passing("a", "breakdown")
+    bar.step("ok a")
+    text = s.getvalue()
+    lines = text.split("\n")
+    assert len(lines) == 3  # the two cell lines; the status lines add none
+    if tty:
+        assert "a: timing" in text and "a: breakdown" in text
+        assert "\r\x1b[K[" in lines[1]  # erased before the next cell line
+    else:
+        assert "timing" not in text and "\r" not in text
