@@ -92,12 +92,23 @@ def fixed_costs(isolation: str) -> dict[str, Any]:
     }
 
 
-def quick_suite(isolation: str) -> dict[str, Any]:
+def quick_suite(isolation: str, random_weights: bool) -> dict[str, Any]:
+    from memgauge.suite import builtin_suites
+
     with tempfile.TemporaryDirectory() as tmp:
+        suite = "quick"
+        if random_weights:  # the same 13 cells and A/A pair, random-init weights (no training)
+            text = (
+                Path(builtin_suites()["quick"])
+                .read_text()
+                .replace('weights = "trained"', 'weights = "random"')
+            )
+            suite = f"{tmp}/quick-random.toml"
+            Path(suite).write_text(text)
         t0 = time.perf_counter()
         p = subprocess.run(
             [sys.executable, "-m", "memgauge", "--store", f"{tmp}/q.sqlite", "sweep", "--suite",
-             "quick", "--quiet", "--isolation", isolation],
+             suite, "--quiet", "--isolation", isolation],
             env=_env(), capture_output=True, text=True, cwd=ROOT,
         )  # fmt: skip
         wall = time.perf_counter() - t0
@@ -117,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="results/bench_zygote.json")
     ap.add_argument("--skip-suite", action="store_true", help="fixed costs only")
+    ap.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="the quick suite's cells on random-init weights (no llama-mini training first)",
+    )
     args = ap.parse_args(argv)
     os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
     load_before = os.getloadavg()
@@ -126,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     fz, fs = fixed_costs("zygote"), fixed_costs("spawn")
     quick = {}
     if not args.skip_suite:
-        ensure_quick_weights()
-        quick = {iso: quick_suite(iso) for iso in ("zygote", "spawn")}
+        if not args.random_weights:
+            ensure_quick_weights()
+        quick = {iso: quick_suite(iso, args.random_weights) for iso in ("zygote", "spawn")}
     z, s = fz["fixed_s_median"], fs["fixed_s_median"]
     targets = [
         {"figure": "fixed cost per cell, zygote (median of 8 one-layer cells)", "value": z,
@@ -141,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     if quick:
         qz, qs = quick["zygote"], quick["spawn"]
         targets.append({
-            "figure": "quick suite wall seconds, zygote (13 cells + A/A pair, trained weights cached)",
+            "figure": "quick suite wall seconds, zygote (13 cells + A/A pair, "
+            + ("random-init weights)" if args.random_weights else "trained weights cached)"),
             "value": qz["wall_s"], "target": f"<= {QUICK_TARGET_S} s",
             "vs_spawn": round(qz["wall_s"] / qs["wall_s"], 3), "spawn_value": qs["wall_s"],
             "pass": qz["exit_code"] == 0 and qz["wall_s"] <= QUICK_TARGET_S,
