@@ -338,7 +338,7 @@ def test_disk_full_stops_the_sweep_cleanly(small_disk, tmp_path, monkeypatch, ca
 
     stored: list[str] = []
 
-    def fake_runner(cell: dict) -> dict:  # a measured-looking result with a 16 KiB payload
+    def fake_runner(cell: dict, **_kw) -> dict:  # measured-looking, a 16 KiB payload
         r = empty_result(Cell.from_dict(cell))
         r["status"], r["memory"]["peak_allocated"] = "ok", 1
         r["stderr_tail"] = os.urandom(8192).hex()
