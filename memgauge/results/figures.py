@@ -303,9 +303,10 @@ def pareto_scatter(points: pd.DataFrame, metric: str = "peak_allocated") -> go.F
 
 def frontier_text_positions(n: int) -> list[str]:
     """Where each frontier label goes: the frontier climbs to the upper right (more memory,
-    more throughput), so labels alternate above-left and below-right of their points, away
-    from both neighbours, and no two consecutive labels share a side."""
-    return ["top left" if k % 2 == 0 else "bottom right" for k in range(n)]
+    more throughput), so labels alternate below-right and above-left of their points, away
+    from both neighbours, and no two consecutive labels share a side; the first (leftmost)
+    point's label goes right, so the plot's left edge does not cut it."""
+    return ["bottom right" if k % 2 == 0 else "top left" for k in range(n)]
 
 
 # -- breakdown -------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def test_pareto_scatter_marks_the_frontier(synth):
     assert list(front.text) == ["checkpoint + lora", "lora", "tie_embeddings"]
     # neighbours' labels on opposite sides, so they do not overlap
     pos = list(front.textposition)
-    assert pos == ["top left", "bottom right", "top left"]
+    assert pos == ["bottom right", "top left", "bottom right"]
 
 
 def test_pareto_scatter_one_frontier_per_mode_and_log_axis(synth):
