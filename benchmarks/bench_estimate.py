@@ -3,10 +3,13 @@ cost of tracing a Llama-3-8B training step.
 
     python -m benchmarks.bench_estimate --out results/bench_estimate.json
 
-1. Each cell runs in an isolated worker (memgauge.launch.isolate.run_isolated), which stores
-   the analytic and traced predictions beside its measured tensor peak (`peak_allocated`:
-   torch.profiler memory events on CPU, max_memory_allocated on CUDA).  Targets: traced within
-   3 %, analytic within 10 %, for every cell.
+1. Each cell runs in an isolated worker (memgauge.launch.isolate.run_isolated: forked from the
+   worker zygote, as `memgauge run` runs it), which stores the analytic and traced predictions
+   beside its measured tensor peak (`peak_allocated`: torch.profiler memory events on CPU,
+   max_memory_allocated on CUDA).  Targets: traced within 3 %, analytic within 10 %, for every
+   cell.  Every technique alone on two odd shapes (traced 3 %, analytic 5 %) and the standard
+   suite's combinations (analytic 10 %) are swept the same way, one child per sweep side by
+   side, with only the passes a peak needs (`Cell.peak_only`).
 2. The Llama-3-8B training step (AdamW, bf16, batch 1 x 2048 tokens) is traced in a child
    process limited to 2 threads; its wall time and peak resident memory (VmHWM) are measured.
    Targets: under 60 s and under 2 GiB, with the full breakdown.
@@ -188,15 +191,12 @@ def combination_rows() -> list[CellRow]:
     return out
 
 
-def sweep_in_process(cells: list[CellRow]) -> list[dict]:
-    """Each cell through the worker's own `run_cell` in this process (imports paid once).
-    Bytes left alive by earlier cells (library caches) are measured before each cell and taken
-    off its peak, as a fresh worker would not have them."""
-    import gc
-
+def sweep_isolated(cells: list[CellRow]) -> list[dict]:
+    """Each cell in a fresh worker process, as `memgauge run` runs it (forked from the worker
+    zygote: memgauge.launch.isolate.run_isolated), with only the passes a peak and its two
+    predictions need (`Cell.peak_only`: no timing, quality or steady-state pass)."""
     from memgauge.cell import Cell
-    from memgauge.profilers.live import live_bytes
-    from memgauge.workloads.worker import run_cell
+    from memgauge.launch.isolate import run_isolated
 
     rows = []
     for model, mode, techs, b, s, dt in cells:
@@ -211,14 +211,12 @@ def sweep_in_process(cells: list[CellRow]) -> list[dict]:
             quality_steps=0,
             decode_tokens=dt,
             breakdown=False,
+            peak_only=True,
         )
-        gc.collect()
-        left = live_bytes("cpu")
         t0 = time.time()
-        r = run_cell(cell.to_dict())
+        r = run_isolated(cell.to_dict())
         mem, pred = r.get("memory") or {}, r.get("prediction") or {}
         meas = mem.get("peak_allocated")
-        meas = meas - left if meas is not None else None
         rows.append(
             {
                 "model": model,
@@ -229,27 +227,36 @@ def sweep_in_process(cells: list[CellRow]) -> list[dict]:
                 "precision": cell.precision,
                 "status": r["status"],
                 "measured_peak": meas,
-                "left_alive": left,
                 "analytic_peak": pred.get("analytic_peak"),
                 "traced_peak": pred.get("traced_peak"),
                 "analytic_err": _rel(pred.get("analytic_peak"), meas),
                 "traced_err": _rel(pred.get("traced_peak"), meas),
                 "notes": [n for n in r.get("notes") or [] if "traced" in n or "analytic" in n],
                 "error": (r.get("error") or "")[:300] or None,
+                "passes": (r.get("timing") or {}).get("passes"),
                 "wall_s": round(time.time() - t0, 1),
             }
         )
+        print(f"{rows[-1]['techniques'][:40]:40s} {r['status']} {rows[-1]['wall_s']} s",
+              file=sys.stderr, flush=True)  # fmt: skip
     return rows
 
 
 def _child_sweep(what: str) -> list[dict]:
-    return sweep_in_process(combination_rows() if what == "combinations" else alone_rows(what))
+    return sweep_isolated(combination_rows() if what == "combinations" else alone_rows(what))
 
 
-def measure_in_children(whats: list[str]) -> list[dict[str, Any]]:
+def measure_in_children(whats: list[str], quiet: bool = False) -> list[dict[str, Any]]:
     """`_child_sweep` for each odd shape (or "combinations"), one child process each, run side
-    by side (each child's cells run one after the other)."""
-    env = dict(os.environ, TORCHAO_FORCE_SKIP_LOADING_SO_FILES="1", MALLOC_MMAP_THRESHOLD_="65536")
+    by side (each child's cells one after the other, each in a fresh worker), the cores shared
+    out between them."""
+    threads = max(1, (os.cpu_count() or 2) // len(whats))
+    env = dict(
+        os.environ,
+        TORCHAO_FORCE_SKIP_LOADING_SO_FILES="1",
+        MALLOC_MMAP_THRESHOLD_="65536",
+        MEMGAUGE_THREADS=str(threads),
+    )
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "benchmarks.bench_estimate", "--child-sweep", what],
@@ -264,9 +271,9 @@ def measure_in_children(whats: list[str]) -> list[dict[str, Any]]:
     for what, proc in zip(whats, procs, strict=True):
         out, err = proc.communicate(timeout=3600)
         if proc.returncode != 0:
-            raise SystemExit(f"sweep of {what} failed:\n{err[-3000:]}")
+            raise RuntimeError(f"sweep of {what} failed:\n{err[-3000:]}")
         got = json.loads(out.strip().splitlines()[-1])
-        for row in got:
+        for row in got if not quiet else []:
             print(
                 f"{row['model'][-34:]:34s} {row['mode']:8s} {row['techniques'][:34]:34s} "
                 f"{row['status']:11s} analytic {_pct(row['analytic_err'])} traced "
@@ -416,9 +423,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.child_trace:
         return _child_trace()
     if args.child_sweep:
-        import torch
-
-        torch.set_num_threads(int(os.environ.get("MEMGAUGE_THREADS", "2")))
         print(json.dumps(_child_sweep(args.child_sweep), default=str))
         return 0
     os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")

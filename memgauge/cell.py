@@ -106,6 +106,10 @@ class Cell:
     """write one step's memory history to this file (`run --trace-out`): on CPU torch.profiler's
     Chrome trace with memory events (Perfetto, chrome://tracing), on CUDA the allocator's
     snapshot (`torch.cuda.memory._dump_snapshot`, pytorch.org/memory_viz); not in the key"""
+    peak_only: bool = False
+    """only the passes a peak and its predictions need (setup, warm-up, the CPU peak or, on
+    CUDA, the timed steps' allocator peak, prediction): no quality, steady state or reference
+    logits (the estimate benchmark); not part of the key"""
 
     def key_fields(self) -> dict[str, Any]:
         return {
