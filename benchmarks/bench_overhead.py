@@ -11,10 +11,13 @@ seconds over the quick suite's cells.
    <= 1.02 (and not below 0.97: a pass much faster than the same steps bare is not measuring
    the profilers). The breakdown pass (one step under the storage tracker) is reported beside
    it, as seconds / one bare step (no target).
-   The earlier design (5 rounds of a 3-step llama-mini b4 s128 block, alternating order, no
-   discarded block) read 0.70: its steps took 6-12 s each on a machine at load 9-19 (two
-   OpenMP threads on two shared cores: a step's time is set by the scheduler), so each round's
-   ratio sampled load swings, not the profilers; the cell is now b2 s64 and the rounds many.
+   Why the earlier figure read 0.70 (5 rounds of a 3-step llama-mini b4 s128 block, alternating
+   order, no discarded block): its steps took 6-12 s each at load 9-19 on two cores; with two
+   OpenMP threads waiting on each other a block's time is set by the scheduler, so each round's
+   ratio sampled load swings, not profilers (on CPU the pass adds a clear_refs write and two
+   /proc reads per pass and one clock read per step). Under such load the fair design still
+   spreads (per-round ratios 0.1-3.2 at load ~10) and no ratio near 1.02 can be resolved: the
+   figure is `trusted` only when its rounds agree (`round_spread` <= 0.1).
 2. Pass seconds (item 5): every cell of the quick suite run in an isolated worker (as a sweep
    runs it), each result's `timing.passes`. Target: for every cell, quality + prediction
    seconds <= timing seconds.
@@ -110,6 +113,13 @@ def profiler_overhead(rounds: int, device: str) -> dict[str, Any]:
         "ratio_rounds": [round(x, 4) for x in ratios],
         "ratio": round(sum(pass_s) / sum(bare_s), 4),
         "ratio_median_round": round(statistics.median(ratios), 4),
+        # the rounds' relative spread (1.4826 x MAD / median): how well one ratio is resolved
+        "round_spread": round(
+            1.4826
+            * statistics.median(abs(x - statistics.median(ratios)) for x in ratios)
+            / statistics.median(ratios),
+            4,
+        ),
         "step_ratio": round(statistics.median(pass_step_p50) / one_step, 4),
         "breakdown_pass_s": round(breakdown_s, 4),
         "breakdown_pass_vs_one_bare_step": round(breakdown_s / one_step, 2),
@@ -153,15 +163,16 @@ def overhead_target(over: dict[str, Any], device: str) -> dict[str, Any]:
     steps means the two are not alike (or the machine's load swamped them), so the figure
     bounds nothing and does not pass."""
     ratio = over["ratio"]
-    trusted = ratio >= 2 - OVERHEAD_TARGET - 0.03
+    trusted = ratio >= 2 - OVERHEAD_TARGET - 0.03 and over["round_spread"] <= 0.1
     return {
         "figure": f"timing pass with profilers / bare loop ({device}, llama-mini train b2 s64)",
         "value": ratio, "target": f"<= {OVERHEAD_TARGET}",
         "pass": trusted and ratio <= OVERHEAD_TARGET,
         "trusted": trusted,
         "step_ratio": over["step_ratio"],
-        "note": None if trusted else "the timing pass ran faster than the bare loop of the same "
-        "steps: the machine's load swamped the comparison, so this does not measure the "
+        "round_spread": over["round_spread"],
+        "note": None if trusted else "the rounds disagree (or the pass ran faster than the same "
+        "steps bare): the machine's load swamped the comparison, so this does not measure the "
         "profilers' overhead",
     }  # fmt: skip
 
