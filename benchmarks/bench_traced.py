@@ -15,6 +15,9 @@ child processes on this machine, side by side in one run:
 2. The extrapolated trace (memgauge.estimate.traced.trace_extrapolated) against the full trace
    of all 32 layers (trace_cell), in one child: relative difference of the peak and of each
    category (relative to the peak). Target: within 0.5 %.
+3. Where the time goes: per technique set, in a fresh child, the CPU seconds of each phase
+   (imports of torch, transformers, torch._dynamo, the model module and the techniques'
+   libraries; the analytic estimate; each small trace).
 The machine may be shared: the load average before and after is recorded.
 """
 
@@ -125,6 +128,64 @@ def accuracy_child(techs: list[str]) -> dict[str, Any]:
     }
 
 
+def profile_child(techs: list[str]) -> dict[str, Any]:
+    """Runs in a fresh child: the CPU seconds (process time: less sensitive to the load than
+    wall time) of each phase of the estimate, in the order the command meets them."""
+    import importlib
+
+    clock = time.process_time
+    phases: list[list[Any]] = []
+    last = [clock()]
+
+    def mark(name: str) -> None:
+        now = clock()
+        phases.append([name, round(now - last[0], 3)])
+        last[0] = now
+
+    start = last[0]
+    import torch  # noqa: F401 - timed
+
+    mark("import torch")
+    import transformers  # noqa: F401 - timed
+
+    mark("import transformers")
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    FakeTensorMode()  # its first construction imports torch._dynamo
+    mark("first FakeTensorMode (imports torch._dynamo)")
+    importlib.import_module("transformers.models.llama.modeling_llama")
+    mark("import the model module (transformers.models.llama)")
+    from memgauge.cell import Cell
+    from memgauge.estimate import traced
+    from memgauge.estimate.analytic import estimate_cell
+    from memgauge.techniques import parse_techniques
+    from memgauge.workloads.zoo import resolve_model
+
+    mark("import memgauge")
+    techniques = parse_techniques(techs)
+    for mod in sorted({m for t in techniques for m in t.requires}):
+        importlib.import_module(mod)
+        mark(f"import {mod}")
+    cell = Cell(techniques=techs, **CELL)
+    estimate_cell(cell, resolve_model(cell.model), techniques)
+    mark("analytic estimate")
+    real = traced.trace_cell
+
+    def timed(c: Any) -> dict[str, Any]:
+        try:
+            return real(c)
+        finally:
+            mark(f"trace of {c.model.split(',')[0].split('layers=')[-1]} layer(s)")
+
+    traced.trace_cell = timed
+    try:
+        _, why = traced.try_trace(cell)
+    finally:
+        traced.trace_cell = real
+    return {"techniques": techs, "cpu_seconds": phases, "total_cpu_seconds":
+            round(clock() - start, 3), "traced_reason": why}  # fmt: skip
+
+
 def check(value: float | None, op: str, bound: float) -> bool:
     return value is not None and (value <= bound if op == "<=" else value >= bound)
 
@@ -173,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per child")
     ap.add_argument("--skip-accuracy", action="store_true", help="no full 32-layer traces")
     ap.add_argument("--accuracy-child", help=argparse.SUPPRESS)
+    ap.add_argument("--profile-child", help=argparse.SUPPRESS)
     ap.add_argument("--retarget", metavar="PATH", help="recompute the targets of a results file")
     args = ap.parse_args(argv)
     if args.retarget:
@@ -184,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         doc["all_targets_pass"] = all(t["pass"] for t in doc["targets"])
         doc["retargeted_unix"] = time.time()
         Path(args.retarget).write_text(json.dumps(doc, indent=2) + "\n")
+        return 0
+    if args.profile_child is not None:
+        print(json.dumps(profile_child(json.loads(args.profile_child))))
         return 0
     if args.accuracy_child is not None:
         print(json.dumps(accuracy_child(json.loads(args.accuracy_child))))
@@ -199,6 +264,16 @@ def main(argv: list[str] | None = None) -> int:
         imports.append(import_seconds())  # between the estimates: the load drifts
     ok_imports = [s for s in imports if s]
     imp = statistics.median(ok_imports) if ok_imports else None
+    profiles = []
+    for techs in TECHNIQUES:
+        r = timed_child(
+            [sys.executable, "-m", "benchmarks.bench_traced", "--profile-child", json.dumps(techs)],
+            args.timeout,
+        )
+        if r["status"] == "ok":
+            profiles.append(json.loads(r["stdout"].strip().splitlines()[-1]))
+        else:
+            profiles.append({"techniques": techs, "status": r["status"], "error": r.get("error")})
     acc = []
     if not args.skip_accuracy:
         for techs in TECHNIQUES:
@@ -229,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         "first estimate and after each, in the same run, and the ratio uses their median",
         "import_torch_transformers_s": imports,
         "estimates": rows,
+        "profile": profiles,
         "accuracy": acc,
         "targets": targets,
         "all_targets_pass": all(t["pass"] for t in targets),
