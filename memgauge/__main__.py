@@ -1,3 +1,3 @@
-from memgauge.cli import main
+from memgauge.cli import entry
 
-raise SystemExit(main())
+entry()
