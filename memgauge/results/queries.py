@@ -186,13 +186,16 @@ _PRECISION_TECH = sa.case(
     else_="",
 ).label("precision_tech")
 """the precision technique of a cell, if any (with its dtype: `cell.precision_recipe`)"""
+PRECISION_RUNS = 20
+"""runs_frame names the precision recipes of this many newest runs (it reads every row of
+those runs; a store of a million results would otherwise pay a full scan per page)"""
 
 
 def runs_frame(store: Store, *, kind: str | None = None, limit: int = 500) -> pd.DataFrame:
     """Runs, newest first: id, suite, kind, status (a dead `running` run shows `interrupted`),
     started_at, finished_at, cells_planned, env_hash, what the run holds (cells, ok,
     baselines = successful no-technique cells, technique_cells, models, modes, precisions: the
-    cells' precision recipes) and a label that says it.  Only runs with results."""
+    cells' precision recipes, for the newest PRECISION_RUNS runs) and a label that says it.  Only runs with results."""
     held = (
         sa.select(
             R.c.run_id,
@@ -239,15 +242,19 @@ def runs_frame(store: Store, *, kind: str | None = None, limit: int = 500) -> pd
         what: dict[str, tuple[set[str], set[str], set[str]]] = {
             i: (set(), set(), set()) for i in ids
         }
-        if ids:
-            mm = (
-                sa.select(R.c.run_id, R.c.model, R.c.mode, R.c.dtype, _PRECISION_TECH)
-                .where(R.c.run_id.in_(ids))
-                .distinct()
-            )
-            for rid, model, mode, dtype, tech in con.execute(mm):
+        if ids:  # (run_id, model, mode) is covered by the ix_results_query index
+            mm = sa.select(R.c.run_id, R.c.model, R.c.mode).where(R.c.run_id.in_(ids)).distinct()
+            for rid, model, mode in con.execute(mm):
                 what[rid][0].add(model)
                 what[rid][1].add(mode)
+            # precisions read dtype and techniques off the rows: only for the newest runs
+            newest = ids[:PRECISION_RUNS]
+            pq = (
+                sa.select(R.c.run_id, R.c.dtype, _PRECISION_TECH)
+                .where(R.c.run_id.in_(newest))
+                .distinct()
+            )
+            for rid, dtype, tech in con.execute(pq):
                 what[rid][2].add(precision_recipe(dtype, [tech] if tech else []))
     for r in rows:
         r["models"] = ", ".join(sorted(what[r["id"]][0]))
