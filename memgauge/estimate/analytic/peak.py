@@ -69,8 +69,10 @@ def train_candidates(est: Estimate) -> list[tuple[str, dict[str, float]]]:
         cand(name, acts, temps, grads)
     grads_above = head_g + h * g * (0 if est.frozen_base else 1)  # + final norm
     # a layer's backward working set, in its MLP: two gradients of (N, f) and the incoming
-    # (N, h) one; a checkpointed layer's recomputed activations come back beside its input
-    work = 2 * N * s.ffn * c + N * h * c
+    # (N, h) one; a checkpointed layer's recomputed activations come back beside its input.
+    # On a frozen base (LoRA, QLoRA) the peak is the gated product's backward: its incoming
+    # (N, f) gradient and both of its (N, f) outputs at once (measured: MulBackward0)
+    work = (3 if est.frozen_base else 2) * N * s.ffn * c + N * h * c
     rope = outside_shared(est) + weights
     # the layer's peak is in its MLP's backward, the first part of it: of its own
     # gradients only the output projection's (h·f) exists (LoRA: none of the base's)
