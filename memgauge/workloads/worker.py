@@ -112,21 +112,26 @@ def _quiet():
         sys.stdout = saved
 
 
+QUALITY_DECODE_TOKENS = 32
+"""Tokens a decode cell's quality pass feeds one at a time through the cache (at most half the
+text): enough for cache techniques to act, few enough that the pass costs less than timing."""
+
+
 def _cached_logits(wl: Any, ids: Any) -> Any:
-    """Teacher-forced logits through the workload's KV cache: the first half of the text is
-    prefilled, the rest fed one token at a time, so cache techniques (quantized, sliding
-    window) show their effect on quality.  (B, T, V)"""
+    """Teacher-forced logits through the workload's KV cache: the text is prefilled but for its
+    last min(T/2, QUALITY_DECODE_TOKENS) tokens, which are fed one at a time, so cache
+    techniques (quantized, sliding window) show their effect on quality.  (B, T, V)"""
     import torch
 
     from memgauge.workloads.steps import _cache_kw, _out_cache
 
-    half = max(1, ids.shape[1] // 2)
+    prefix = max(1, ids.shape[1] - min(ids.shape[1] // 2, QUALITY_DECODE_TOKENS))
     cache = wl.cache_factory(ids.shape[1]) if wl.cache_factory else None
     kw = _cache_kw(wl)
-    out = wl.model(input_ids=ids[:, :half], use_cache=True, **{kw: cache})
+    out = wl.model(input_ids=ids[:, :prefix], use_cache=True, **{kw: cache})
     cache = _out_cache(out)
     chunks = [out.logits]
-    for t in range(half, ids.shape[1]):
+    for t in range(prefix, ids.shape[1]):
         out = wl.model(input_ids=ids[:, t : t + 1], use_cache=True, **{kw: cache})
         chunks.append(out.logits)
     return torch.cat(chunks, dim=1)
