@@ -78,6 +78,7 @@ class FakeBreakdownTracker(BreakdownTracker):
         self.fake_mode = fake_mode
         self.peak_op = ""
         self.peak_in_backward = False
+        self.phase_ops: dict[str, tuple[str, bool]] = {}  # phase -> its own peak's op
 
     def _track_tensor(self, t: torch.Tensor, category: str) -> None:
         if not isinstance(t, FakeTensor) or t.fake_mode is not self.fake_mode:
@@ -101,15 +102,15 @@ class FakeBreakdownTracker(BreakdownTracker):
         if new and rec is not None and self.device_type == "cuda":
             extra = -(-rec.nbytes // _CUDA_BLOCK) * _CUDA_BLOCK - rec.nbytes
             rec.nbytes += extra
-            self.total += extra
-            if self.total > self.peak:
-                self.peak, self.peak_seq = self.total, self._seq
+            self._grow(extra)
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         if func is torch.ops.aten._local_scalar_dense.default:
             dt = args[0].dtype
             return True if dt == torch.bool else (1.0 if dt.is_floating_point else 1)
         before = self.peak_seq
+        phase = self.phase and self.current_phase()
+        before_phase = self.phase_peaks.get(phase, (0, 0))[1]
         inner = _python_cpu_kernel(func) if self.device_type == "cpu" else None
         if inner is not None:
             # run the kernel's own torch ops under the fake mode, with this tracker back on the
@@ -121,9 +122,11 @@ class FakeBreakdownTracker(BreakdownTracker):
                 TorchDispatchMode.__exit__(self, None, None, None)
         else:
             out = super().__torch_dispatch__(func, types, args, kwargs)
-        if self.peak_seq != before:
-            self.peak_op = str(func.overloadpacket.__name__)
-            self.peak_in_backward = torch._C._current_autograd_node() is not None
+        if self.peak_seq != before or self.phase_peaks.get(phase, (0, 0))[1] != before_phase:
+            at = (str(func.overloadpacket.__name__), torch._C._current_autograd_node() is not None)
+            self.phase_ops[phase] = at
+            if self.peak_seq != before:
+                self.peak_op, self.peak_in_backward = at
         return out
 
 
@@ -329,6 +332,11 @@ def trace_cell(cell: Any) -> dict[str, Any]:
         "device": str(dev),
         "peak_op": tracker.peak_op,
         "peak_in_backward": tracker.peak_in_backward,
+        "peak_phase": tracker.peak_phase,
+        "phase_peaks": {
+            ph: {**p, "op": tracker.phase_ops.get(ph, ("", False))}
+            for ph, p in tracker.phase_breakdowns().items()
+        },
         "notes": notes + list(wl.notes),
         "seconds": round(time.perf_counter() - t0, 3),
     }
@@ -345,8 +353,10 @@ def trace_cell(cell: Any) -> dict[str, Any]:
 # (L - n) times the cost of one layer, the difference between the n- and (n-1)-layer traces.
 # This holds only while the peak stays at the same point of the step, which small traces
 # check: models of 1, 2, 3, ... layers are traced until two consecutive per-layer increments
-# agree byte for byte, category by category, with the peak at the same op (a 1-layer model's
-# peak can sit elsewhere); at most MAX_EXTRAPOLATE_FROM layers, else the full model is traced.
+# agree byte for byte, category by category, for the peak of each phase of the step (forward,
+# backward, optimizer: the step's peak can move from one phase to another as layers are added,
+# so each phase's peak is extrapolated and the highest is the step's); at most
+# MAX_EXTRAPOLATE_FROM layers, else the full model is traced.
 MAX_EXTRAPOLATE_FROM = 4
 
 
@@ -359,12 +369,18 @@ def _model_with_layers(spec: Any, layers: int) -> str:
     return small.family + ":" + ",".join(f"{k}={getattr(small, k)}" for k in keys)
 
 
-def _increments(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """b - a for the peak, every category and the parameter counts, and b's peak op."""
-    out: dict[str, Any] = {"peak": b["peak"] - a["peak"]}
-    out.update({f"bd.{k}": b["breakdown"][k] - a["breakdown"][k] for k in a["breakdown"]})
-    out.update({f"params.{k}": b["params"][k] - a["params"][k] for k in a["params"]})
-    out["at"] = (a["peak_op"], a["peak_in_backward"], b["peak_op"], b["peak_in_backward"])
+def _increments(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
+    """b - a for each phase's peak and its categories, and the parameter counts; None when the
+    two traces do not peak in the same phases."""
+    pa, pb = a["phase_peaks"], b["phase_peaks"]
+    if set(pa) != set(pb):
+        return None
+    out: dict[str, Any] = {f"params.{k}": b["params"][k] - a["params"][k] for k in a["params"]}
+    for ph in pa:
+        out[f"{ph}.op"] = pb[ph]["op"]  # the same op sets the phase's peak in later traces
+        out[f"{ph}.peak"] = pb[ph]["peak"] - pa[ph]["peak"]
+        bd_a, bd_b = pa[ph]["breakdown"], pb[ph]["breakdown"]
+        out.update({f"{ph}.bd.{k}": bd_b[k] - bd_a[k] for k in bd_a})
     return out
 
 
@@ -398,16 +414,36 @@ def trace_extrapolated(cell: Any) -> dict[str, Any]:
             small.append(trace_cell(replace(cell, model=_model_with_layers(spec, n))))
             if len(small) >= 2:
                 steps.append(_increments(small[-2], small[-1]))
-            if len(steps) >= 2 and steps[-1] == steps[-2] and len(set(steps[-1]["at"])) <= 2:
+            if len(steps) >= 2 and steps[-1] is not None and steps[-1] == steps[-2]:
                 break
         else:
             small = []
         if small:
             last, per_layer, extra = small[-1], steps[-1], spec.layers - len(small)
             out = dict(last)
-            out["peak"] = last["peak"] + extra * per_layer["peak"]
+            # each phase's peak grows by its own step; the step's peak is the highest of them
+            # (it moves from the optimizer to backward when activations outgrow the state)
+            grown = {
+                ph: (p["peak"] + extra * per_layer[f"{ph}.peak"], ph)
+                for ph, p in last["phase_peaks"].items()
+            }
+            peak, phase = max(grown.values())
+            out["peak"] = peak
             out["breakdown"] = {
-                k: v + extra * per_layer[f"bd.{k}"] for k, v in last["breakdown"].items()
+                k: v + extra * per_layer[f"{phase}.bd.{k}"]
+                for k, v in last["phase_peaks"][phase]["breakdown"].items()
+            }
+            out["peak_op"], out["peak_in_backward"] = last["phase_peaks"][phase]["op"]
+            out["peak_phase"] = phase
+            out["phase_peaks"] = {
+                ph: {
+                    "op": p["op"],
+                    "peak": grown[ph][0],
+                    "breakdown": {
+                        k: v + extra * per_layer[f"{ph}.bd.{k}"] for k, v in p["breakdown"].items()
+                    },
+                }
+                for ph, p in last["phase_peaks"].items()
             }
             out["params"] = {
                 k: v + extra * per_layer[f"params.{k}"] for k, v in last["params"].items()

@@ -185,6 +185,10 @@ class BreakdownTracker(TorchDispatchMode):
         self.total = 0
         self.peak = 0
         self.peak_seq = 0
+        # the highest total within each phase: phase -> [bytes, seq] ('' = before the step);
+        # the traced estimate extrapolates each phase's peak on its own (the step's peak can
+        # move from the optimizer to backward as layers are added)
+        self.phase_peaks: dict[str, list[int]] = {}
         self._hooks: Any = None
         # storages that change size in place (FSDP2 frees gathered parameters with
         # storage.resize_(0), which no dispatch mode sees): polled after every op
@@ -217,15 +221,23 @@ class BreakdownTracker(TorchDispatchMode):
             rec.module = self.modules.current()
             rec.phase = self.current_phase()
         self._recs[key] = rec
-        self.total += n
-        if self.total > self.peak:
-            self.peak, self.peak_seq = self.total, self._seq
-            self.peak_phase = self.phase and self.current_phase()
+        self._grow(n)
         self.timeline.append(((time.perf_counter() - self._t0) * 1000, self.total))
         try:
             weakref.finalize(st, self._on_free, key)
         except TypeError:  # storage types without weakref support: never freed as far as we know
             pass
+
+    def _grow(self, n: int) -> None:
+        """`n` more bytes alive (the newest record's): the peak and its phase's peak."""
+        self.total += n
+        phase = self.phase and self.current_phase()
+        best = self.phase_peaks.setdefault(phase, [0, 0])
+        if self.total > best[0]:
+            best[0], best[1] = self.total, self._seq
+        if self.total > self.peak:
+            self.peak, self.peak_seq = self.total, self._seq
+            self.peak_phase = phase
 
     def set_phase(self, phase: str) -> None:
         """A mark of the step (forward / backward / optimizer / end): `Workload.phase_observer`."""
@@ -344,9 +356,7 @@ class BreakdownTracker(TorchDispatchMode):
             return
         self._seq += 1
         self._recs[key] = _Rec(nbytes, category, self._seq)
-        self.total += nbytes
-        if self.total > self.peak:
-            self.peak, self.peak_seq = self.total, self._seq
+        self._grow(nbytes)
 
     def _register_deep(self, t: torch.Tensor, category: str) -> None:
         if t.device.type != self.device_type:
@@ -408,16 +418,28 @@ class BreakdownTracker(TorchDispatchMode):
 
     # -- results ----------------------------------------------------------------------------------
     def at_peak(self) -> dict[str, int]:
+        return self.at_seq(self.peak_seq)
+
+    def at_seq(self, seq: int) -> dict[str, int]:
+        """Bytes by category alive just after the `seq`-th allocation."""
         out = dict.fromkeys(CATEGORIES, 0)
-        for rec in self._alive_at_peak():
+        for rec in self._alive_at(seq):
             out[rec.category] += rec.nbytes
         return out
 
+    def phase_breakdowns(self) -> dict[str, dict[str, Any]]:
+        """Each phase's own peak: {phase: {'peak': bytes, 'breakdown': {category: bytes}}}."""
+        return {
+            ph: {"peak": total, "breakdown": self.at_seq(seq)}
+            for ph, (total, seq) in self.phase_peaks.items()
+        }
+
     def _alive_at_peak(self) -> Iterable[_Rec]:
+        return self._alive_at(self.peak_seq)
+
+    def _alive_at(self, seq: int) -> Iterable[_Rec]:
         for rec in list(self._recs.values()) + self._dead:
-            if rec.alloc_seq <= self.peak_seq and (
-                rec.free_seq is None or rec.free_seq > self.peak_seq
-            ):
+            if rec.alloc_seq <= seq and (rec.free_seq is None or rec.free_seq > seq):
                 yield rec
 
     def peak_modules(self, top: int = PEAK_MODULES_TOP) -> list[dict[str, Any]]:

@@ -156,6 +156,23 @@ def test_extrapolated_trace_equals_the_full_trace(mode, techniques) -> None:
     assert ext["params"] == full["params"]
 
 
+def test_extrapolation_follows_a_peak_that_moves_to_another_phase() -> None:
+    """llama-mini, batch 2 x 128: with 1-3 layers the step peaks in the optimizer (state +
+    gradients), with 4 in backward (activations outgrow the state): each phase's peak is
+    extrapolated on its own, so the 4-layer estimate is the full trace's, not the optimizer's
+    peak grown (-1.2 %)."""
+    from memgauge.estimate.traced import trace_extrapolated
+
+    cell = Cell(model="llama-mini", mode="train", batch=2, seq_len=128)
+    ext = trace_extrapolated(cell)
+    assert ext["extrapolated"] == {"from_layers": [1, 2, 3], "layers": 4}
+    full = trace_cell(cell)
+    assert ext["phase_peaks"]["optimizer"]["peak"] == full["phase_peaks"]["optimizer"]["peak"]
+    assert full["peak_phase"] == ext["peak_phase"] == "backward"
+    assert ext["peak"] == full["peak"] and ext["breakdown"] == full["breakdown"]
+    assert ext["peak_op"] == full["peak_op"]
+
+
 def test_extrapolation_falls_back_to_the_full_trace_when_steps_differ(monkeypatch) -> None:
     import memgauge.estimate.traced as traced
 
@@ -167,7 +184,8 @@ def test_extrapolation_falls_back_to_the_full_trace_when_steps_differ(monkeypatc
         calls.append(cell.model)
         n = int(cell.model.split("layers=")[1].split(",")[0])
         if n < 5:  # the small models: each layer adds one byte more than the last
-            out = {**out, "peak": out["peak"] + n**2}
+            grown = {ph: {**p, "peak": p["peak"] + n**2} for ph, p in out["phase_peaks"].items()}
+            out = {**out, "peak": out["peak"] + n**2, "phase_peaks": grown}
         return out
 
     monkeypatch.setattr(traced, "trace_cell", uneven)
