@@ -117,6 +117,11 @@ QUALITY_DECODE_TOKENS = 32
 text): enough for cache techniques to act, few enough that the pass costs less than timing."""
 
 
+def _decoded_from(length: int) -> int:
+    """The first position a decode cell's quality pass feeds through the cache."""
+    return max(1, length - min(length // 2, QUALITY_DECODE_TOKENS))
+
+
 def _cached_logits(wl: Any, ids: Any) -> Any:
     """Teacher-forced logits through the workload's KV cache: the text is prefilled but for its
     last min(T/2, QUALITY_DECODE_TOKENS) tokens, which are fed one at a time, so cache
@@ -125,7 +130,7 @@ def _cached_logits(wl: Any, ids: Any) -> Any:
 
     from memgauge.workloads.steps import _cache_kw, _out_cache
 
-    prefix = max(1, ids.shape[1] - min(ids.shape[1] // 2, QUALITY_DECODE_TOKENS))
+    prefix = _decoded_from(ids.shape[1])
     cache = wl.cache_factory(ids.shape[1]) if wl.cache_factory else None
     kw = _cache_kw(wl)
     out = wl.model(input_ids=ids[:, :prefix], use_cache=True, **{kw: cache})
@@ -153,6 +158,11 @@ def _inference_quality(wl: Any, cell: Any, ref_logits: Any, tokens: Any) -> dict
     if ref_logits is None:  # no like-for-like reference (see _Run.ref_mismatch)
         return {"loss": float(nll), "perplexity": float(math.exp(min(float(nll), 50.0)))}
     ref_logits = torch.from_numpy(ref_logits)
+    if cell.mode == "decode":
+        # KL / top-1 where the tokens went through the cache (a cache technique acts there
+        # only; the prefilled positions are what a prefill cell measures)
+        start = _decoded_from(ids.shape[1])
+        logits, ref_logits = logits[:, start:], ref_logits[:, start:]
     ref_lp = F.log_softmax(ref_logits, -1)
     lp = F.log_softmax(logits, -1)
     # KL(reference || technique), mean over positions

@@ -131,6 +131,15 @@ def test_heap_freeze_is_scoped() -> None:
     assert again["breakdown"] == first["breakdown"] and again["peak"] == first["peak"]
 
 
+@pytest.fixture
+def extrapolate_small(monkeypatch):
+    """Extrapolate models of more than 3 layers (by default only those over FULL_TRACE_UP_TO
+    layers are: a small model is traced whole, which is as cheap): the tests' models are small."""
+    import memgauge.estimate.traced as traced
+
+    monkeypatch.setattr(traced, "FULL_TRACE_UP_TO", 3)
+
+
 ODD_LLAMA = "llama:layers=5,hidden=48,heads=6,kv_heads=2,ffn=97,vocab=301,max_pos=128"
 
 
@@ -138,7 +147,7 @@ ODD_LLAMA = "llama:layers=5,hidden=48,heads=6,kv_heads=2,ffn=97,vocab=301,max_po
     ("mode", "techniques"),
     [("train", []), ("train", ["lora"]), ("train", ["checkpoint", "lora"]), ("decode", [])],
 )
-def test_extrapolated_trace_equals_the_full_trace(mode, techniques) -> None:
+def test_extrapolated_trace_equals_the_full_trace(mode, techniques, extrapolate_small) -> None:
     from memgauge.estimate.traced import trace_extrapolated
 
     cell = Cell(model=ODD_LLAMA, mode=mode, techniques=techniques, batch=2, seq_len=24,
@@ -156,7 +165,7 @@ def test_extrapolated_trace_equals_the_full_trace(mode, techniques) -> None:
     assert ext["params"] == full["params"]
 
 
-def test_extrapolation_follows_a_peak_that_moves_to_another_phase() -> None:
+def test_extrapolation_follows_a_peak_that_moves_to_another_phase(extrapolate_small) -> None:
     """llama-mini, batch 2 x 128: with 1-3 layers the step peaks in the optimizer (state +
     gradients), with 4 in backward (activations outgrow the state): each phase's peak is
     extrapolated on its own, so the 4-layer estimate is the full trace's, not the optimizer's
@@ -173,7 +182,9 @@ def test_extrapolation_follows_a_peak_that_moves_to_another_phase() -> None:
     assert ext["peak_op"] == full["peak_op"]
 
 
-def test_extrapolation_falls_back_to_the_full_trace_when_steps_differ(monkeypatch) -> None:
+def test_extrapolation_falls_back_to_the_full_trace_when_steps_differ(
+    monkeypatch, extrapolate_small
+) -> None:
     import memgauge.estimate.traced as traced
 
     real = traced.trace_cell
@@ -199,5 +210,6 @@ def test_extrapolation_falls_back_to_the_full_trace_when_steps_differ(monkeypatc
 def test_small_models_are_traced_in_full() -> None:
     from memgauge.estimate.traced import trace_extrapolated
 
-    out = trace_extrapolated(Cell(model="llama-tiny", mode="prefill", batch=1, seq_len=8))
-    assert out["extrapolated"] is None and "traced in full" in out["extrapolation_reason"]
+    for model in ("llama-tiny", "llama-mini"):  # 2 and 4 layers: the whole model is cheaper
+        out = trace_extrapolated(Cell(model=model, mode="prefill", batch=1, seq_len=8))
+        assert out["extrapolated"] is None and "traced in full" in out["extrapolation_reason"]
