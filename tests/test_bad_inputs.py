@@ -411,9 +411,9 @@ CASES: list[tuple[str, list[str], dict[str, str], str]] = [
     ),
     (
         "rep-format",
-        ["--store", "{D}/good.sqlite", "report", "--format", "pdf", "-o", "x"],
+        ["--store", "{D}/good.sqlite", "report", "--format", "docx", "-o", "x"],
         {},
-        "invalid choice: 'pdf'",
+        "invalid choice: 'docx'",
     ),
     ("rep-budget", ["--store", "{D}/good.sqlite", *REP, "--budget", "lots"], {}, "lots"),
     (

@@ -1,6 +1,6 @@
 """`memgauge report --store URL [--run ID] [--vs ID] --format html|md|csv|parquet|json|png|pdf
--o PATH`: one file to hand a colleague (markdown: the .md plus its PNG charts beside it; png /
-pdf: each chart as PATH-<chart>[-N].png|pdf beside PATH)."""
+-o PATH`: one file to hand a colleague (markdown: the .md plus its PNG charts beside it; pdf:
+the html report printed to one PDF; png: each chart as PATH-<chart>[-N].png beside PATH)."""
 
 from __future__ import annotations
 

@@ -8,8 +8,9 @@ the tables into text; the renderers write
 - markdown: the same tables, charts as PNG files beside it (plotly + kaleido + the system
   Chromium);
 - export: csv / parquet / json, the flat result rows with provenance (CSV cells that a
-  spreadsheet would run as a formula are neutralised); png / pdf, every chart as its own file
-  beside PATH (PATH-<chart>[-N].png|pdf, kaleido + the system Chromium).
+  spreadsheet would run as a formula are neutralised); png, every chart as its own file
+  beside PATH (PATH-<chart>[-N].png, kaleido + the system Chromium); pdf, the html report
+  (tables and charts) printed to one PDF by the system Chromium.
 
 Never imports torch; pandas/plotly/kaleido/pyarrow are imported when a report is built."""
 
@@ -20,7 +21,13 @@ from typing import Any
 
 from memgauge.results.report import charts, tables
 from memgauge.results.report.charts import prediction_figure
-from memgauge.results.report.export import write_csv, write_figures, write_json, write_parquet
+from memgauge.results.report.export import (
+    write_csv,
+    write_figures,
+    write_json,
+    write_parquet,
+    write_pdf,
+)
 from memgauge.results.report.html import render_html
 from memgauge.results.report.markdown import render_markdown, write_pngs
 from memgauge.results.report.sections import Section, sections
@@ -51,6 +58,7 @@ __all__ = [
     "sections",
     "write_csv",
     "write_figures",
+    "write_pdf",
     "write_json",
     "write_parquet",
     "write_pngs",
@@ -109,7 +117,10 @@ def write_report(
         return [path]
     if fmt == "md":
         return render_markdown(data, path)
-    if fmt in ("png", "pdf"):
+    if fmt == "pdf":
+        write_pdf(render_html(data), path)
+        return [path]
+    if fmt == "png":
         return write_figures(data, path, fmt)
     if fmt == "csv" and vs is not None:
         from memgauge.results.gates import VS_COLUMNS

@@ -8,6 +8,8 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +101,7 @@ def _json_default(v: Any) -> Any:
 
 
 IMAGE_FORMATS = ("png", "pdf")
+"""chart image formats kaleido writes (`write_images`; the markdown report's charts are PNG)"""
 IMAGE_WIDTH = 1100
 """pixels (PNG) / CSS pixels (PDF page) of every chart image"""
 
@@ -113,9 +116,61 @@ def chart_paths(data: ReportData, path: Path, fmt: str) -> dict[Path, Any]:
     return out
 
 
+PDF_TIMEOUT_S = 120
+PDF_JS_BUDGET_MS = 20000
+"""virtual time Chromium gives the report's scripts (unpacking plotly, drawing each chart)
+before it prints"""
+
+
+def write_pdf(html: str, path: Path) -> None:
+    """`report --format pdf`: the HTML report (tables and charts) printed to one PDF at `path`
+    by the system Chromium, headless; the file appears whole or not at all."""
+    exe = browser_path()
+    if exe is None:
+        raise RuntimeError(
+            "a PDF report is printed by Chromium: apt-get install -y chromium, or set "
+            "BROWSER_PATH; --format html is the same report"
+        )
+    with tempfile.TemporaryDirectory(prefix="memgauge-pdf-") as d:
+        src, out = Path(d) / "report.html", Path(d) / "report.pdf"
+        src.write_text(html, encoding="utf-8")
+        cmd = [
+            exe,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={Path(d) / 'profile'}",
+            "--no-pdf-header-footer",
+            f"--virtual-time-budget={PDF_JS_BUDGET_MS}",
+            f"--print-to-pdf={out}",
+            src.as_uri(),
+        ]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PDF_TIMEOUT_S)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise RuntimeError(f"Chromium could not print the report ({exc})") from None
+        if not out.exists() or not out.read_bytes().startswith(b"%PDF-"):
+            tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
+            raise RuntimeError(f"Chromium printed no PDF (exit {proc.returncode}: {tail[0][:300]})")
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            shutil.copyfile(out, tmp)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+
+
 def write_figures(data: ReportData, path: Path, fmt: str) -> list[Path]:
-    """`report --format png|pdf`: every chart of the report as one file of `fmt` (the tables
-    are in the html / md / csv formats); returns the files written."""
+    """`report --format png`: every chart of the report as its own PNG beside PATH (the whole
+    report, tables included, is --format html, md or pdf); returns the files written."""
     figs = chart_paths(data, path, fmt)
     if not figs:
         raise RuntimeError(
