@@ -298,7 +298,17 @@ def pareto_scatter(points: pd.DataFrame, metric: str = "peak_allocated") -> go.F
     )
     if log_y:
         fig.update_yaxes(**log_ticks(tps.min(), tps.max(), fmt="{:,.0f}"))
+    if len(ok):
+        # room for the frontier labels beside the outermost points (a label left of a point
+        # near the axis was cut: "tie_embeddings" read "nbeddings")
+        lo, hi = float(ok["x"].min()), float(ok["x"].max())
+        pad = FRONTIER_LABEL_PAD * ((hi - lo) or hi or 1.0)
+        fig.update_xaxes(range=[max(0.0, lo - pad), hi + pad])
     return fig
+
+
+FRONTIER_LABEL_PAD = 0.15
+"""share of the x span added on each side of the Pareto chart for its point labels"""
 
 
 def frontier_text_positions(n: int) -> list[str]:
