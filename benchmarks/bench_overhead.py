@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import statistics
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks.common import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERHEAD_CELL = dict(model="llama-mini", mode="train", batch=2, seq_len=64, steps=3, rounds=1,
@@ -223,14 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": targets,
         "all_targets_pass": all(t["pass"] for t in targets),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
-    for t in targets:
-        print(
-            f"{t['figure']}: {t['value']} (want {t['target']}): {'pass' if t['pass'] else 'FAIL'}"
-        )
-    print(f"wrote {out}")
+    write_results(doc, args.out)
     return 0
 
 

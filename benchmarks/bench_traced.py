@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import write_results
+
 ROOT = Path(__file__).resolve().parents[1]
 TECHNIQUES: list[list[str]] = [[], ["lora"], ["qlora"], ["checkpoint", "lora"]]
 CELL = dict(model="llama-3-8b", mode="train", batch=1, seq_len=2048)
@@ -309,14 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": targets,
         "all_targets_pass": all(t["pass"] for t in targets),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
-    for t in targets:
-        print(
-            f"{t['figure']}: {t['value']} (want {t['target']}): {'pass' if t['pass'] else 'FAIL'}"
-        )
-    print(f"wrote {out}")
+    write_results(doc, args.out)
     return 0
 
 

@@ -20,7 +20,6 @@ two measurements of this run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -29,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks.common import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 ONE_LAYER = "llama:layers=1,hidden=64,heads=4,kv_heads=2,ffn=176,vocab=1001"
@@ -186,14 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": targets,
         "all_targets_pass": all(t["pass"] for t in targets),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
-    for t in targets:
-        print(
-            f"{t['figure']}: {t['value']} (want {t['target']}): {'pass' if t['pass'] else 'FAIL'}"
-        )
-    print(f"wrote {out}")
+    write_results(doc, args.out)
     return 0
 
 
