@@ -203,10 +203,12 @@ class Gate:
         if direction == "same":
             words += ": within the limit"
         elif direction == "noisy":
-            words += (
-                f": no measurable difference (the spread {spread * 100:.1f}% exceeds the "
-                f"gate's fixed {fmt_value(self.metric, fixed)})"
+            why = (
+                f"the spread {spread * 100:.1f}% exceeds the gate's fixed "
+                f"{fmt_value(self.metric, fixed)}"
             )
+            # a speed ratio's words already say it: no second "no measurable difference"
+            words += f": {why}" if NO_DIFFERENCE in words else f": {NO_DIFFERENCE} ({why})"
         return Check(
             metric=self.metric,
             value=value,
