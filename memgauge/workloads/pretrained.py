@@ -17,6 +17,8 @@ Weights are written with safetensors only; nothing is ever unpickled.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -24,6 +26,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -103,10 +106,8 @@ def pretrain(
     cfg: PretrainConfig, root: Path | None = None, *, force: bool = False, spec: Any = None
 ) -> Path:
     """Train (or find in the cache) and return the checkpoint folder."""
-    import torch
-
-    from memgauge.workloads.data import BYTE_VOCAB, corpus_batch
-    from memgauge.workloads.zoo import build_model, resolve_model
+    from memgauge.workloads.data import BYTE_VOCAB
+    from memgauge.workloads.zoo import resolve_model
 
     spec = spec if spec is not None else resolve_model(cfg.model)
     folder = checkpoint_folder(cfg, root, spec)
@@ -122,6 +123,43 @@ def pretrain(
         raise ValueError(
             f"seq_len {cfg.seq_len} exceeds {spec.name}'s max positions ({spec.max_pos})"
         )
+    with _training_lock(folder):
+        if (folder / META).is_file() and not force:
+            log.info("using %s, trained meanwhile by another process", folder)
+            return folder
+        return _train(cfg, spec, folder)
+
+
+@contextlib.contextmanager
+def _training_lock(folder: Path) -> Iterator[None]:
+    """One process trains an architecture at a time (two sweeps starting together would both
+    train it): an exclusive lock on `<folder>.lock`, waited for; none where the cache folder
+    cannot be written (then each process trains, as before)."""
+    lock = folder.with_name(folder.name + ".lock")
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process that is training %s", folder.name)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _train(cfg: PretrainConfig, spec: Any, folder: Path) -> Path:
+    """Train `spec` with the recipe `cfg` and write the checkpoint to `folder` (atomically)."""
+    import torch
+
+    from memgauge.workloads.data import corpus_batch
+    from memgauge.workloads.zoo import build_model
+
     model = build_model(spec, device="cpu", dtype=torch.float32, seed=cfg.seed)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)

@@ -67,3 +67,33 @@ def test_pretrain_command(tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out.strip().splitlines()[-1]
     assert out.startswith(str(tmp_path))
+
+
+def test_two_processes_train_an_architecture_once(tmp_path, monkeypatch):
+    """Two sweeps starting together need the same checkpoint: the second waits on the first's
+    lock and loads what it wrote, instead of training it again."""
+    import threading
+    import time
+
+    import memgauge.workloads.pretrained as P
+
+    trained = []
+    real = P._train
+
+    def slow_train(cfg, spec, folder):
+        trained.append(folder)
+        time.sleep(0.5)  # the other caller arrives while this one trains
+        return real(cfg, spec, folder)
+
+    monkeypatch.setattr(P, "_train", slow_train)
+    cfg = PretrainConfig(model="llama-tiny", steps=2, batch=1, seq_len=16)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(pretrain(cfg, tmp_path))) for _ in "ab"]
+    for t in threads:
+        t.start()
+        time.sleep(0.1)
+    for t in threads:
+        t.join(timeout=120)
+    assert len(got) == 2 and got[0] == got[1] == checkpoint_folder(cfg, tmp_path)
+    assert trained == [got[0]]
+    assert read_meta(got[0])["config"]["steps"] == 2
