@@ -31,14 +31,11 @@ import argparse
 import gc
 import os
 import statistics
-import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
-from benchmarks.common import write_results
+from benchmarks.common import run_provenance, write_results
 
-ROOT = Path(__file__).resolve().parents[1]
 OVERHEAD_CELL = dict(model="llama-mini", mode="train", batch=2, seq_len=64, steps=3, rounds=1,
                      warmup=1, quality_steps=0, breakdown=True)  # fmt: skip
 OVERHEAD_TARGET = 1.02
@@ -211,14 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = {
         "benchmark": "bench_overhead",
         "created_unix": time.time(),
-        "provenance": {
-            "commit": subprocess.run(
-                ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
-            ).stdout.strip(),
-            "cpus": os.cpu_count(),
-            "loadavg_before": [round(x, 2) for x in load_before],
-            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        },  # fmt: skip
+        "provenance": run_provenance(load_before),
         "profiler_overhead": over,
         "quick_suite_passes": cells,
         "targets": targets,

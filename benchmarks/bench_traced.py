@@ -34,9 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import write_results
+from benchmarks.common import ROOT, run_provenance, write_results
 
-ROOT = Path(__file__).resolve().parents[1]
 TECHNIQUES: list[list[str]] = [[], ["lora"], ["qlora"], ["checkpoint", "lora"]]
 CELL = dict(model="llama-3-8b", mode="train", batch=1, seq_len=2048)
 SECONDS, IMPORT_RATIO, RSS, ACCURACY = 10.0, 4.5, 1024**3, 0.005
@@ -293,14 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = {
         "benchmark": "bench_traced",
         "created_unix": time.time(),
-        "provenance": {
-            "commit": subprocess.run(
-                ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
-            ).stdout.strip(),
-            "cpus": os.cpu_count(),
-            "loadavg_before": [round(x, 2) for x in load_before],
-            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        },  # fmt: skip
+        "provenance": run_provenance(load_before),
         "noise": "a shared machine: seconds are wall time under the load average shown (per "
         "estimate: the 1-minute load when it started); the import time is measured before the "
         "first estimate and after each, in the same run, and the ratio uses their median",

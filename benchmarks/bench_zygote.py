@@ -29,9 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import write_results
+from benchmarks.common import ROOT, run_provenance, write_results
 
-ROOT = Path(__file__).resolve().parents[1]
 ONE_LAYER = "llama:layers=1,hidden=64,heads=4,kv_heads=2,ffn=176,vocab=1001"
 SHAPES = [(1, 16), (2, 16), (1, 32), (2, 32), (1, 48), (2, 48), (1, 64), (2, 64)]
 FIXED_TARGET_S = 1.5
@@ -173,14 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = {
         "benchmark": "bench_zygote",
         "created_unix": time.time(),
-        "provenance": {
-            "commit": subprocess.run(
-                ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
-            ).stdout.strip(),
-            "cpus": os.cpu_count(),
-            "loadavg_before": [round(x, 2) for x in load_before],
-            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        },
+        "provenance": run_provenance(load_before),
         "import_torch_transformers_s": imports,
         "fixed_cost": {"zygote": fz, "spawn": fs},
         "quick_suite": quick,

@@ -18,18 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from memgauge.results.report.export import CHROMIUM_FLAGS
+
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "test-artifacts" / "screenshots"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+CHROMIUM_ARGS = list(CHROMIUM_FLAGS)  # the flags reports print with (this machine needs them)
 # page url path -> does it draw a plotly chart over the smoke store
 PAGES = {
     "overview": True,

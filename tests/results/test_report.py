@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from memgauge.cell import Cell
 from memgauge.results import schema as S
 from memgauge.results.report import build_report, render_html, write_report
-from memgauge.results.report.export import chart_paths, write_pdf
+from memgauge.results.report.export import CHROMIUM_FLAGS, chart_paths, write_pdf
 from memgauge.units import GiB
 from tests.results.test_nightly import make_result, write_night
 
@@ -327,14 +327,7 @@ def test_html_opens_in_headless_chromium_without_errors(report_store, tmp_path):
         browser = p.chromium.launch(
             executable_path=exe,
             headless=True,
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
+            args=list(CHROMIUM_FLAGS),
         )
         try:
             page = browser.new_page()

@@ -116,6 +116,16 @@ def chart_paths(data: ReportData, path: Path, fmt: str) -> dict[Path, Any]:
     return out
 
 
+CHROMIUM_FLAGS = (  # headless, as root in a container, nothing fetched in the background
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+
+
 PDF_TIMEOUT_S = 120
 PDF_JS_BUDGET_MS = 20000
 """virtual time Chromium gives the report's scripts (unpacking plotly, drawing each chart)
@@ -156,16 +166,6 @@ def write_pdf(html: str, path: Path) -> None:
             tmp.replace(path)
         finally:
             tmp.unlink(missing_ok=True)
-
-
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-)
 
 
 def write_figures(data: ReportData, path: Path, fmt: str) -> list[Path]:
