@@ -110,6 +110,9 @@ class Cell:
     """only the passes a peak and its predictions need (setup, warm-up, the CPU peak or, on
     CUDA, the timed steps' allocator peak, prediction): no quality, steady state or reference
     logits (the estimate benchmark); not part of the key"""
+    timing_only: bool = False
+    """only setup, warm-up and the timed steps (the sweep's A/A run, memgauge.sweep.aa_pair): no
+    memory passes, quality, reference logits or prediction; not part of the key"""
 
     def key_fields(self) -> dict[str, Any]:
         return {

@@ -181,16 +181,21 @@ def ensure_trained_weights(cells: list[Cell], stream: Any = None) -> list[dict[s
     return made
 
 
-def aa_pair(cell: Cell, runner: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
-    """The sweep's A/A pair: `cell` measured twice in two fresh workers (no breakdown pass) at
-    the start of the sweep.  Two processes of one cell differ by what separates any two cells
-    of the sweep (machine load, memory layout, scheduling), which repeated rounds inside one
-    worker cannot see; `noise` = |ln(a / b)| / sqrt(2), the relative spread of one cell's
-    tokens/s, is every result's `timing.noise_floor`."""
+def aa_cell(cell: Cell) -> dict[str, Any]:
+    """The sweep's A/A run of `cell`: setup, warm-up and the timed steps only."""
+    return {**cell.to_dict(), "breakdown": False, "timing_only": True}
+
+
+def aa_pair(cell: Cell, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """The sweep's A/A pair: `cell`'s tokens/s from two fresh workers, `a` its timing-only run
+    (`aa_cell`) at the start of the sweep and `b` the cell's own measurement (its timing pass
+    runs the same steps before any other pass).  Two processes of one cell differ by what
+    separates any two cells of the sweep (machine load, memory layout, scheduling), which
+    repeated rounds inside one worker cannot see; `noise` = |ln(a / b)| / sqrt(2), the relative
+    spread of one cell's tokens/s, is every result's `timing.noise_floor`."""
     import math
 
-    c = {**cell.to_dict(), "breakdown": False}
-    runs = [runner(c), runner(c)]
+    runs = [a, b]
     tps = [(r.get("timing") or {}).get("tokens_per_s") for r in runs]
     out: dict[str, Any] = {"cell": cell.label(), "tokens_per_s": tps, "noise": None}
     if all(r.get("status") == "ok" for r in runs) and all(tps):
@@ -244,7 +249,8 @@ def run_sweep(
     (disk full) stops the sweep with a StoreError naming the cell; earlier rows stay intact.
 
     With the real runner, trained weights are ensured first (`ensure_trained_weights`); `aa`
-    runs the A/A pair (`aa_pair`) on the first cell before the sweep."""
+    runs the A/A pair (`aa_pair`) on the first cell: a timing-only run before the sweep, then
+    the cell itself."""
     from memgauge.launch.isolate import kill_current, run_isolated
     from memgauge.results.store import DuplicateResult
 
@@ -289,15 +295,7 @@ def run_sweep(
     if real:
         ensure_trained_weights(todo, sys.stderr if progress else _Null())
     noise = None
-    if aa and todo:
-        pair = aa_pair(todo[0], runner)
-        noise = pair["noise"]
-        if progress:
-            t = ", ".join(f"{x:.0f}" if x else "—" for x in pair["tokens_per_s"])
-            sys.stderr.write(
-                f"A/A pair {pair['cell']}: tokens/s {t}"
-                + (f"; noise {noise * 100:.1f}%\n" if noise is not None else "\n")
-            )
+    aa_first = runner(aa_cell(todo[0])) if aa and todo else None
     bar = Progress(len(todo), enabled=progress)
     now["bar"] = bar
 
@@ -336,6 +334,16 @@ def run_sweep(
                 result = runner(cell.to_dict())
             if signals_seen:  # the cell was killed by us, not by its own fault: not stored
                 break
+            if aa_first is not None:  # the first cell: the second run of the A/A pair
+                pair = aa_pair(cell, aa_first, result)
+                noise, aa_first = pair["noise"], None
+                if progress:
+                    bar.clear_status()
+                    t = ", ".join(f"{x:.0f}" if x else "—" for x in pair["tokens_per_s"])
+                    sys.stderr.write(
+                        f"A/A pair {pair['cell']}: tokens/s {t}"
+                        + (f"; noise {noise * 100:.1f}%\n" if noise is not None else "\n")
+                    )
             fill_loss_delta(result, cell, store, run_results)
             if noise is not None and (result.get("timing") or {}).get("tokens_per_s"):
                 result["timing"]["noise_floor"] = noise

@@ -21,7 +21,8 @@ timing), sharing one `_Run`:
 - `_quality_pass`: training loss on real text (train) or logit fidelity and perplexity against
   the unmodified model (prefill/decode);
 - `_prediction_pass`: the analytic and (unless the cell says `trace=False`) traced estimates.
-Each pass's wall seconds go into `timing.passes` (also for the passes before a failure).
+A `timing_only` cell (the sweep's A/A run) stops after the timing pass.  Each pass's wall
+seconds go into `timing.passes` (also for the passes before a failure).
 """
 
 from __future__ import annotations
@@ -263,6 +264,9 @@ def _run(cell_dict: dict[str, Any], result: dict[str, Any]) -> None:
     if not (cell.peak_only and run.dev.type == "cpu"):  # CUDA's peak is the timed steps'
         with timed("timing"):
             _timing_pass(run)
+    if cell.timing_only:
+        result["status"] = "ok"
+        return
     if run.dev.type == "cpu":
         with timed("cpu_peak"):
             _cpu_peak_pass(run)
@@ -318,7 +322,7 @@ def _setup(cell: Cell, techniques: list[Any], result: dict[str, Any]) -> _Run:
         basis = apply_weights(wl, cell)
         result["quality"].update(basis)
         ref["held_out"] = held_out_tokens(cell, wl.spec.vocab)[0]
-        if cell.mode == "train" or cell.peak_only:  # the held-out tokens stay resident
+        if cell.mode == "train" or cell.peak_only or cell.timing_only:  # held-out stays resident
             return
         ref_wl = wl
         if changes_build(techniques):

@@ -71,17 +71,15 @@ def test_summary_says_no_measurable_difference_and_dims_random_init():
 
 @pytest.mark.parametrize(("a", "b", "noise"), [(1000, 1000, 0.0), (1000, 500, 0.4901)])
 def test_aa_pair_noise(a, b, noise):
-    from memgauge.sweep import aa_pair
+    from memgauge.sweep import aa_cell, aa_pair
 
-    seen = []
-
-    def runner(c):
-        seen.append(c)
-        return _result([], [a, b][len(seen) - 1], 0.01)
-
-    pair = aa_pair(Cell(model="m", mode="prefill", batch=1, seq_len=8), runner)
+    cell = Cell(model="m", mode="prefill", batch=1, seq_len=8)
+    pair = aa_pair(cell, _result([], a, 0.01), _result([], b, 0.01))
     assert pair["noise"] == pytest.approx(noise, abs=1e-4)
-    assert len(seen) == 2 and not any(c["breakdown"] for c in seen)  # timing only
+    first = aa_cell(cell)  # the A/A run measures speed only
+    assert first["timing_only"] and not first["breakdown"]
+    failed = {**_result([], None, 0.01), "status": "error", "error": "boom"}
+    assert aa_pair(cell, _result([], a, 0.01), failed)["noise"] is None
 
 
 def _cell(mode, techniques=(), weights="trained", **kw):

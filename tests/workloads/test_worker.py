@@ -121,3 +121,12 @@ def test_passes_before_a_failure_keep_their_seconds(monkeypatch):
     assert r["status"] == "error" and "quality pass broke" in r["error"]
     assert list(r["timing"]["passes"]) == ["setup", "warmup", "timing", "cpu_peak", "steady",
                                            "quality"]  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["train", "prefill"])
+def test_timing_only_cell_runs_the_timed_steps_and_nothing_else(mode):
+    """The sweep's A/A run (memgauge.sweep.aa_cell): speed only, no memory or quality passes."""
+    r = _run(mode=mode, timing_only=True, breakdown=False)
+    assert list(r["timing"]["passes"]) == ["setup", "warmup", "timing"]
+    assert r["timing"]["tokens_per_s"] > 0 and r["timing"]["steps"] == 2
+    assert r["quality"].get("loss") is None and r["prediction"].get("traced_peak") is None
