@@ -89,7 +89,8 @@ class Cell:
     decode_tokens: int = 16
     """new tokens per decode step"""
     quality_steps: int = 4
-    """training steps on the text corpus before the quality loss"""
+    """training steps on further corpus text after the cell's own (which train on the corpus's
+    fixed batches) before the quality loss"""
     seed: int = 0
     timeout_s: float = 600.0
     mem_limit: int | None = None

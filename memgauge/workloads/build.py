@@ -187,10 +187,18 @@ def held_out_tokens(cell: Cell, vocab: int, *, text: bool = True) -> tuple[Any, 
     return synthetic_batch(rows, cols - 1, vocab, seed=cell.seed + 1), False
 
 
-def input_batches(cell: Cell, vocab: int, device: Any) -> list[Any]:
-    """The INPUT_BATCHES fixed step inputs on the device (seeded synthetic tokens)."""
-    from memgauge.workloads.data import synthetic_batch
+def input_batches(cell: Cell, vocab: int, device: Any, *, text: bool = True) -> list[Any]:
+    """The INPUT_BATCHES fixed step inputs on the device: the corpus's first training windows
+    where the vocabulary reads bytes and `text` is asked (the cell's own steps then train on
+    text, which the quality pass's loss counts), else seeded synthetic tokens; the same shape
+    and dtype either way."""
+    from memgauge.workloads.data import corpus_batch, synthetic_batch
 
+    if text and vocab >= 256:
+        return [
+            corpus_batch("train", cell.batch, cell.seq_len, index=i, vocab=vocab).to(device)
+            for i in range(INPUT_BATCHES)
+        ]
     return [
         synthetic_batch(cell.batch, cell.seq_len, vocab, seed=cell.seed, step=i).to(device)
         for i in range(INPUT_BATCHES)
@@ -206,7 +214,7 @@ class ResidentInputs:
     held_out: Any
     """held-out tokens for the quality pass (host)"""
     text: bool
-    """held_out is real text, else synthetic tokens"""
+    """held_out (and the batches) are real text, else synthetic tokens"""
 
     def batch(self, i: int) -> Any:
         return self.batches[i % len(self.batches)]
@@ -220,5 +228,5 @@ def resident_inputs(
     if held_out is None:
         held_out, is_text = held_out_tokens(cell, vocab, text=text)
     return ResidentInputs(
-        batches=input_batches(cell, vocab, device), held_out=held_out, text=is_text
+        batches=input_batches(cell, vocab, device, text=text), held_out=held_out, text=is_text
     )

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from memgauge.cell import Cell
 from memgauge.result import device_rows, empty_result
 from memgauge.workloads.build import (
+    INPUT_BATCHES,
     CellError,
     ResidentInputs,
     build_workload,
@@ -521,8 +522,10 @@ def _steady_pass(run: _Run) -> None:
 
 
 def _quality_pass(run: _Run) -> None:
-    """Train: loss on held-out text after training steps on the corpus.  Inference: logit
-    fidelity against the unmodified model and perplexity."""
+    """Train: loss on held-out text after the cell's own steps (warm-up, timed and memory-pass
+    steps, on the corpus's fixed batches) and `quality_steps` more on further corpus windows;
+    `quality.train_steps` says how many.  Inference: logit fidelity against the unmodified
+    model and perplexity."""
     import torch
 
     from memgauge.workloads.data import corpus_batch
@@ -534,10 +537,11 @@ def _quality_pass(run: _Run) -> None:
     if cell.mode == "train":
         if run.inputs.text:
             for i in range(cell.quality_steps):
-                batch = corpus_batch(
-                    "train", cell.batch, cell.seq_len, index=i, vocab=wl.spec.vocab
+                batch = corpus_batch(  # windows after the fixed batches' (build.input_batches)
+                    "train", cell.batch, cell.seq_len, index=INPUT_BATCHES + i, vocab=wl.spec.vocab
                 )
                 train_step(wl, batch.to(dev))
+            q["train_steps"] = run.next_step + cell.quality_steps
         with torch.no_grad(), wl.autocast():
             ids = held_out.to(dev)
             hidden = wl.backbone(input_ids=ids[:, :-1], use_cache=False).last_hidden_state
