@@ -79,6 +79,21 @@ class FakeBreakdownTracker(BreakdownTracker):
         self.peak_op = ""
         self.peak_in_backward = False
         self.phase_ops: dict[str, tuple[str, bool]] = {}  # phase -> its own peak's op
+        self.registered_seq = 0  # records up to this one were alive before the step
+
+    def register_existing(self, *args: Any, **kwargs: Any) -> None:
+        super().register_existing(*args, **kwargs)
+        self.registered_seq = self._seq
+
+    def leaves_state_as_found(self) -> bool:
+        """After the step, quiesced (its gradients and cache dropped) and with its garbage
+        collected: is what is alive what was alive before it, storage size for storage size?
+        A step that leaves something new behind (state made lazily on first use) or frees
+        what it found without replacing it was not a step at steady state."""
+        gc.collect()
+        born = sorted(r.nbytes for r in self._recs.values() if r.alloc_seq > self.registered_seq)
+        gone = sorted(r.nbytes for r in self._dead if r.alloc_seq <= self.registered_seq)
+        return born == gone
 
     def _track_tensor(self, t: torch.Tensor, category: str) -> None:
         if not isinstance(t, FakeTensor) or t.fake_mode is not self.fake_mode:
@@ -145,7 +160,21 @@ def _python_cpu_kernel(func: Any) -> Any:
 
     A fake kernel only makes the outputs, so temporaries inside the real kernel are invisible;
     bitsandbytes' 8-bit optimizer update on CPU dequantizes both states to fp32 per tensor
-    (about five parameter-sized fp32 temporaries), which sets a small model's peak."""
+    (about five parameter-sized fp32 temporaries), which sets a small model's peak.  Looked up
+    once per op (it is asked for every op the trace runs)."""
+    try:
+        return _PYTHON_CPU_KERNELS[func]
+    except KeyError:
+        kernel = _PYTHON_CPU_KERNELS[func] = _find_python_cpu_kernel(func)
+        return kernel
+    except TypeError:  # an op that cannot be a key
+        return _find_python_cpu_kernel(func)
+
+
+_PYTHON_CPU_KERNELS: dict[Any, Any] = {}
+
+
+def _find_python_cpu_kernel(func: Any) -> Any:
     name = getattr(func, "name", lambda: "")()
     if name == "bitsandbytes::optimizer_update_8bit_blockwise":
         try:
@@ -263,12 +292,96 @@ def _import_before_the_mode(cell: Any, techniques: list[Any]) -> None:
             continue
 
 
-def trace_cell(cell: Any) -> dict[str, Any]:
+WARM_UPS = ("auto", "step")
+"""How the traced step is brought to steady state (trace_cell's `warm_up`): `step`, one whole
+traced step before it, as the worker's warm-up; `auto`, the cheapest way that is exact
+(`_warm_up`), checked after the step, falling back to `step` where the check fails."""
+
+
+def _optimizer_alone(wl: Any) -> bool:
+    """Is the optimizer's state the only thing a first training step leaves behind that the
+    optimizer's own step on zero gradients would not make the same way?  Not where the step
+    does more than forward, backward and `optimizer.step()` on the trainable parameters'
+    gradients: an optimizer stepped from backward hooks (optimizer_in_backward), a wrapper with
+    state of its own (a GradScaler), FSDP's resized storages, activations saved elsewhere
+    (offload), a trainable tensor subclass."""
+    from memgauge.techniques.optimizers import EagerUnderDispatchMode
+
+    opt = wl.optimizer
+    inner = opt.inner if isinstance(opt, EagerUnderDispatchMode) else opt
+    if wl.fused_optimizer_step or not isinstance(inner, torch.optim.Optimizer):
+        return False
+    if wl.resizable_storages is not None or wl.saved_tensors is not contextlib.nullcontext:
+        return False
+    return all(
+        type(p.data) is FakeTensor for g in inner.param_groups for p in g["params"]
+    )
+
+
+def _grad_layout(params: list[torch.Tensor]) -> dict[int, tuple[Any, ...]]:
+    return {
+        id(p): (tuple(p.grad.shape), p.grad.dtype, p.grad.stride())
+        for p in params
+        if p.grad is not None
+    }
+
+
+def _warm_up(
+    wl: Any, step: Any, fake: FakeTensorMode, device_type: str, how: str
+) -> tuple[str, dict[int, tuple[Any, ...]] | None]:
+    """Bring the workload to the state the worker's measured step starts from (after warm-up
+    and timing steps): (what was done, for training without a whole step the layout of the
+    gradients given, which the traced step's own gradients must match).
+
+    - `step` (and training where `_optimizer_alone` is False): one whole traced step, so that
+      what its first step creates lazily (optimizer state) is alive and its frees are seen.
+    - inference: nothing.  A prefill or decode step keeps nothing (the worker drops the last
+      cache, `wl.quiesce`); the traced step checks it left the state as it found it
+      (`FakeBreakdownTracker.leaves_state_as_found`), so a warm-up step, the same
+      computation on the same state, would have left it so too.
+    - training: zero gradients on every trainable parameter, the optimizer's own step (its
+      state is made as a first step makes it), the gradients dropped as the worker does.  The
+      traced step checks that its backward gave gradients to exactly those parameters, with
+      their layout, and that it left the state as it found it (nothing else made lazily)."""
+    if how == "step" or (wl.mode == "train" and not _optimizer_alone(wl)):
+        with fake, FakeBreakdownTracker(fake, device_type):
+            step(0)
+        return "one step", None
+    if wl.mode != "train":
+        return "none", None
+    opt = wl.optimizer
+    params = list({id(p): p for g in opt.param_groups for p in g["params"]}.values())
+    with fake, FakeBreakdownTracker(fake, device_type):
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        given = _grad_layout(params)
+        opt.step()
+    wl.quiesce()
+    return "optimizer step on zero gradients", given
+
+
+def trace_cell(cell: Any, *, warm_up: str = "auto") -> dict[str, Any]:
     """Trace one cell (memgauge.cell.Cell or its dict); returns
-    {'breakdown', 'peak', 'params', 'device', 'peak_op', 'peak_in_backward', 'notes', 'seconds'}.
+    {'breakdown', 'peak', 'params', 'device', 'peak_op', 'peak_in_backward', 'notes',
+    'warm_up', 'seconds'}.  `warm_up`: one of WARM_UPS (`auto` gives the same bytes as `step`,
+    faster).
 
     Raises TraceUnsupported when the cell cannot run here or cannot be traced (the reason says
     which technique or kernel)."""
+    if warm_up not in WARM_UPS:
+        raise ValueError(f"warm_up must be one of {', '.join(WARM_UPS)}, got {warm_up!r}")
+    t0 = time.perf_counter()
+    out = _trace(cell, warm_up)
+    if out is None:  # the cheaper warm-up's check failed: a whole warm-up step instead
+        out = _trace(cell, "step")
+        assert out is not None
+        out["warm_up"] += " (the cheaper warm-up's check failed)"
+    out["seconds"] = round(time.perf_counter() - t0, 3)
+    return out
+
+
+def _trace(cell: Any, warm_up: str) -> dict[str, Any] | None:
+    """trace_cell's work; None where the warm-up's check after the traced step fails."""
     from memgauge.cell import Cell
     from memgauge.profilers.breakdown import measure_breakdown
     from memgauge.techniques import Unsupported, parse_techniques
@@ -283,7 +396,6 @@ def trace_cell(cell: Any) -> dict[str, Any]:
 
     if isinstance(cell, dict):
         cell = Cell.from_dict(cell)
-    t0 = time.perf_counter()
     techniques = parse_techniques(list(cell.techniques))
     try:
         check_supported(cell, techniques)
@@ -309,15 +421,19 @@ def trace_cell(cell: Any) -> dict[str, Any]:
             held_out = fake.from_tensor(real.held_out)  # noqa: F841 - alive during the step
             del real
             step = make_step(wl, lambda i: data[i % 2], cell.decode_tokens, None)
-            # one warm-up step: the measured step runs after warm-up, with optimizer state
-            # (created lazily by the first step) already alive and no gradients
-            stages.append("warm-up step")
-            with fake, FakeBreakdownTracker(fake, dev.type):
-                step(0)
+            # the measured step runs after warm-up, with optimizer state (created lazily by
+            # the first step) already alive and no gradients
+            stages.append("warm-up")
+            how, given = _warm_up(wl, step, fake, dev.type, warm_up)
             stages.append("traced step")
             tracker = measure_breakdown(
                 wl, lambda: step(1), tracker=FakeBreakdownTracker(fake, dev.type), context=fake
             )
+            if how != "one step":
+                ok = given is None or _grad_layout(list(wl.model.parameters())) == given
+                wl.quiesce()
+                if not (ok and tracker.leaves_state_as_found()):
+                    return None
     except (Unsupported, CellError) as exc:
         raise TraceUnsupported(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - a kernel that needs data: say which, don't guess
@@ -338,7 +454,7 @@ def trace_cell(cell: Any) -> dict[str, Any]:
             for ph, p in tracker.phase_breakdowns().items()
         },
         "notes": notes + list(wl.notes),
-        "seconds": round(time.perf_counter() - t0, 3),
+        "warm_up": how,
     }
     return out
 

@@ -167,6 +167,24 @@ class ModuleStack:
         self.bw.clear()
 
 
+def _out_tensors(out: Any) -> list[torch.Tensor]:
+    """The tensors of an op's output in tree_flatten's order; a tensor, or a plain tuple / list
+    of tensors and scalars (almost every op), without building the pytree (per op, it shows)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if type(out) in (tuple, list) and all(
+        isinstance(x, torch.Tensor) or type(x) in _LEAVES for x in out
+    ):
+        return [x for x in out if isinstance(x, torch.Tensor)]
+    if out is None or type(out) in _LEAVES:
+        return []
+    flat, _ = tree_flatten(out)
+    return [t for t in flat if isinstance(t, torch.Tensor)]
+
+
+_LEAVES = (int, float, bool, type(None))
+
+
 class BreakdownTracker(TorchDispatchMode):
     """Use as a context manager around one step; call `classify_*` before and after."""
 
@@ -389,10 +407,8 @@ class BreakdownTracker(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         if self._watch:
             self._poll()
-        flat, _ = tree_flatten(out)
-        for t in flat:
-            if isinstance(t, torch.Tensor):
-                self._track_tensor(t, "temporaries")
+        for t in _out_tensors(out):
+            self._track_tensor(t, "temporaries")
         return out
 
     def __enter__(self) -> BreakdownTracker:

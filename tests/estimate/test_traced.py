@@ -213,3 +213,87 @@ def test_small_models_are_traced_in_full() -> None:
     for model in ("llama-tiny", "llama-mini"):  # 2 and 4 layers: the whole model is cheaper
         out = trace_extrapolated(Cell(model=model, mode="prefill", batch=1, seq_len=8))
         assert out["extrapolated"] is None and "traced in full" in out["extrapolation_reason"]
+
+
+# --- the warm-up (memgauge.estimate.traced._warm_up) -------------------------------------------
+
+WARM_SHAPE = "llama:layers=2,hidden=48,heads=3,kv_heads=3,ffn=104,vocab=263"
+_EXACT = ("peak", "breakdown", "phase_peaks", "peak_op", "peak_in_backward", "peak_phase", "params")
+
+
+def _warm_up_cells() -> list[tuple[str, list[str]]]:
+    """Every technique alone in the mode it is for (benchmarks/bench_estimate.ALONE), every
+    technique that also runs in inference in prefill and decode, the baselines and the quick
+    suite's combinations."""
+    from benchmarks.bench_estimate import ALONE
+    from memgauge.techniques import registry
+
+    cells = [(m, []) for m in ("train", "prefill", "decode")]
+    for name, (spec, mode) in ALONE.items():
+        modes = registry()[name].modes
+        cells += [(m, [spec]) for m in dict.fromkeys((mode, *modes))]
+    return cells + [("train", ["checkpoint", "lora"]), ("train", ["lora", "adamw8bit"])]
+
+
+@pytest.mark.parametrize(("mode", "techniques"), _warm_up_cells())
+def test_cheaper_warm_up_traces_the_same_bytes(mode, techniques) -> None:
+    """Without a whole warm-up step (inference: none; training: the optimizer's own step on zero
+    gradients) every technique's traced step is byte for byte the one after a warm-up step:
+    the same peak, breakdown, each phase's peak and the op that set it."""
+    cell = Cell(model=WARM_SHAPE, mode=mode, techniques=techniques, batch=2, seq_len=24,
+                decode_tokens=3)  # fmt: skip
+    try:
+        full = trace_cell(cell, warm_up="step")
+    except TraceUnsupported as exc:
+        with pytest.raises(TraceUnsupported):
+            trace_cell(cell)
+        pytest.skip(str(exc))
+    cheap = trace_cell(cell)
+    assert full["warm_up"] == "one step"
+    for k in _EXACT:
+        assert cheap[k] == full[k], k
+    if mode != "train":
+        assert cheap["warm_up"] == "none"
+    elif techniques == ["optimizer_in_backward"]:  # stepped from backward hooks
+        assert cheap["warm_up"] == "one step"
+    else:
+        assert cheap["warm_up"] == "optimizer step on zero gradients"
+
+
+def test_warm_up_check_falls_back_to_a_whole_step(monkeypatch) -> None:
+    """State a step makes lazily (here 4 KiB on the first forward, kept) and a trainable
+    parameter that gets no gradient (the optimizer keeps no state for it) are not what the
+    cheaper warm-up makes: the check after the traced step sees it and the trace is redone after
+    a whole warm-up step, with the bytes of that trace."""
+    import torch
+
+    import memgauge.techniques.base as base
+
+    @dataclass(kw_only=True)
+    class Lazy(base.Technique):
+        name: ClassVar[str] = "lazy_state"
+
+        def apply(self, wl) -> None:
+            def first_forward(module, args) -> None:
+                if not hasattr(module, "lazy"):
+                    module.lazy = torch.zeros(1024, device=wl.device)
+
+            wl.backbone.register_forward_pre_hook(first_forward)  # train and inference run it
+
+    @dataclass(kw_only=True)
+    class Unused(base.Technique):
+        name: ClassVar[str] = "unused_param"
+
+        def apply(self, wl) -> None:
+            wl.hf_model.unused = torch.nn.Parameter(torch.zeros(1000, device=wl.device))
+
+    monkeypatch.setitem(base._REGISTRY, "lazy_state", Lazy)
+    monkeypatch.setitem(base._REGISTRY, "unused_param", Unused)
+    for mode, tech in (("prefill", "lazy_state"), ("train", "lazy_state"), ("train", "unused_param")):
+        cell = Cell(model=WARM_SHAPE, mode=mode, techniques=[tech], batch=1, seq_len=16)
+        full, auto = trace_cell(cell, warm_up="step"), trace_cell(cell)
+        assert auto["warm_up"] == "one step (the cheaper warm-up's check failed)", (mode, tech)
+        for k in _EXACT:
+            assert auto[k] == full[k], (mode, tech, k)
+    with pytest.raises(ValueError, match="warm_up"):
+        trace_cell(cell, warm_up="none")
