@@ -313,9 +313,7 @@ def _optimizer_alone(wl: Any) -> bool:
         return False
     if wl.resizable_storages is not None or wl.saved_tensors is not contextlib.nullcontext:
         return False
-    return all(
-        type(p.data) is FakeTensor for g in inner.param_groups for p in g["params"]
-    )
+    return all(type(p.data) is FakeTensor for g in inner.param_groups for p in g["params"])
 
 
 def _grad_layout(params: list[torch.Tensor]) -> dict[int, tuple[Any, ...]]:

@@ -289,7 +289,11 @@ def test_warm_up_check_falls_back_to_a_whole_step(monkeypatch) -> None:
 
     monkeypatch.setitem(base._REGISTRY, "lazy_state", Lazy)
     monkeypatch.setitem(base._REGISTRY, "unused_param", Unused)
-    for mode, tech in (("prefill", "lazy_state"), ("train", "lazy_state"), ("train", "unused_param")):
+    for mode, tech in (
+        ("prefill", "lazy_state"),
+        ("train", "lazy_state"),
+        ("train", "unused_param"),
+    ):
         cell = Cell(model=WARM_SHAPE, mode=mode, techniques=[tech], batch=1, seq_len=16)
         full, auto = trace_cell(cell, warm_up="step"), trace_cell(cell)
         assert auto["warm_up"] == "one step (the cheaper warm-up's check failed)", (mode, tech)
