@@ -31,6 +31,7 @@ says which CUDA effects are not modelled (CUDA_NOT_MODELLED).
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import time
 import weakref
@@ -155,6 +156,7 @@ class _ScalarAnswers(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@functools.cache
 def _python_cpu_kernel(func: Any) -> Any:
     """The CPU kernel of a library op written in Python over torch ops, or None.
 
@@ -162,19 +164,6 @@ def _python_cpu_kernel(func: Any) -> Any:
     bitsandbytes' 8-bit optimizer update on CPU dequantizes both states to fp32 per tensor
     (about five parameter-sized fp32 temporaries), which sets a small model's peak.  Looked up
     once per op (it is asked for every op the trace runs)."""
-    try:
-        return _PYTHON_CPU_KERNELS[func]
-    except KeyError:
-        kernel = _PYTHON_CPU_KERNELS[func] = _find_python_cpu_kernel(func)
-        return kernel
-    except TypeError:  # an op that cannot be a key
-        return _find_python_cpu_kernel(func)
-
-
-_PYTHON_CPU_KERNELS: dict[Any, Any] = {}
-
-
-def _find_python_cpu_kernel(func: Any) -> Any:
     name = getattr(func, "name", lambda: "")()
     if name == "bitsandbytes::optimizer_update_8bit_blockwise":
         try:

@@ -176,7 +176,7 @@ def _out_tensors(out: Any) -> list[torch.Tensor]:
         isinstance(x, torch.Tensor) or type(x) in _LEAVES for x in out
     ):
         return [x for x in out if isinstance(x, torch.Tensor)]
-    if out is None or type(out) in _LEAVES:
+    if type(out) in _LEAVES:
         return []
     flat, _ = tree_flatten(out)
     return [t for t in flat if isinstance(t, torch.Tensor)]
